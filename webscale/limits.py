@@ -1,0 +1,76 @@
+"""Open-file limits: every client connection costs one file descriptor.
+
+Distributions start services with a soft RLIMIT_NOFILE of 1024 (systemd's default, kept low for
+select()-based programs) and a much larger hard limit. We use epoll/kqueue, so at start-up each
+process raises its soft limit to the hard one, then checks that ``--max-connections`` fits.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+
+logger = logging.getLogger(__name__)
+
+# Descriptors a process needs besides client sockets: listeners, the selector, the wake-up
+# pipe, log files, certificate reads during a reload, a few in the handler's libraries.
+DEFAULT_RESERVE = 64
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft open-files limit as far as allowed; return the resulting (soft, hard).
+
+    Never raises: on failure the limit is left as it was and a warning is logged.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for target in _targets(soft, hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            # An "unlimited" hard limit is not a valid soft limit on Linux (capped by
+            # fs.nr_open) or macOS (capped by kern.maxfilesperproc): try the next candidate.
+            logger.debug("cannot set RLIMIT_NOFILE soft limit to %d: %s", target, exc)
+            continue
+        break
+    else:
+        if soft != hard:
+            logger.warning("could not raise the open-files limit above %d", soft)
+    new_soft, new_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if new_soft != soft:
+        logger.debug("open-files limit raised from %d to %d", soft, new_soft)
+    return new_soft, new_hard
+
+
+def _targets(soft: int, hard: int) -> list[int]:
+    if hard != resource.RLIM_INFINITY:
+        return [hard] if hard > soft else []
+    candidates = [_linux_nr_open(), 1_048_576, 65_536, 10_240]
+    return [value for value in candidates if value is not None and value > soft]
+
+
+def _linux_nr_open() -> int | None:
+    try:
+        with open("/proc/sys/fs/nr_open", encoding="ascii") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def check_connection_budget(
+    max_connections: int, soft: int, reserve: int = DEFAULT_RESERVE
+) -> str | None:
+    """Return a warning when ``max_connections`` clients cannot all get a descriptor.
+
+    ``max_connections <= 0`` means no cap was configured, so there is nothing to check; the
+    accept loop still copes with EMFILE by pausing.
+    """
+    if max_connections <= 0 or soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    if max_connections + reserve <= soft:
+        return None
+    fits = max(0, soft - reserve)
+    return (
+        f"--max-connections {max_connections} does not fit under the open-files limit {soft} "
+        f"({reserve} descriptors are kept for listeners and internals): at most {fits} clients "
+        f"can connect; raise the limit (LimitNOFILE=, ulimit -n) or lower --max-connections"
+    )
