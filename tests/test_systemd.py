@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,3 +250,50 @@ def test_listen_fds_skips_a_descriptor_that_is_not_a_socket() -> None:
         listener.close()
         os.close(read_end)
         os.close(write_end)
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None,
+    reason="systemd-socket-activate not installed (Debian package: systemd)",
+)
+def test_listen_fds_with_systemds_own_launcher(tmp_path: Path) -> None:
+    """The real systemd tool sets LISTEN_* and fd 3 the way PID 1 does for webscale.socket."""
+    path = tmp_path / "activate.sock"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen(
+        [
+            "systemd-socket-activate",
+            "--listen",
+            str(path),
+            "--fdname",
+            "wss",
+            sys.executable,
+            "-c",
+            CHILD,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not path.exists():
+            assert time.monotonic() < deadline, "systemd-socket-activate did not listen"
+            time.sleep(0.01)
+        # It execs the service on the first connection, which then waits in the accept queue.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(TIMEOUT)
+            client.connect(str(path))
+            assert client.recv(4096) == b"served by wss"
+        assert child.stdout is not None
+        report = json.loads(child.stdout.readline())
+        assert report["names"] == ["wss"]
+        assert report["fds"] == [3]
+        assert report["inheritable"] == [False]
+        assert report["env"] == []
+        assert child.wait(TIMEOUT) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
