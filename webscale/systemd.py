@@ -48,7 +48,7 @@ class SystemdNotifier:
     under a lock. Methods never raise; they return True when the datagram was sent.
     """
 
-    __slots__ = ("_address", "_lock", "_sock", "_watchdog_usec", "_watchdog_pid")
+    __slots__ = ("_address", "_lock", "_sock", "_watchdog_pid", "_watchdog_usec")
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
@@ -147,9 +147,7 @@ class SystemdNotifier:
                 sock = self._sock
                 if sock is None:
                     # CLOEXEC: a handler's subprocess must not inherit a channel to PID 1.
-                    sock = socket.socket(
-                        socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
-                    )
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                     sock.setblocking(False)
                     self._sock = sock
         return sock
