@@ -1,0 +1,118 @@
+"""Command line: `webscale serve [flags]` (also `python -m webscale serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from dataclasses import fields
+from pathlib import Path
+
+from .config import Config
+from .errors import ConfigError
+
+logger = logging.getLogger("webscale")
+
+
+def _add_serve_flags(p: argparse.ArgumentParser) -> None:
+    d = Config()
+    add = p.add_argument
+    add("--host", default=d.host, help="address to bind (default: %(default)s)")
+    add("--port", type=int, default=d.port, help="TCP port, 0 for any free one (default: %(default)s)")
+    add("--cert", type=Path, help="PEM certificate chain (default: certs/server.pem, generated on "
+        "first start)")
+    add("--key", type=Path, help="PEM private key matching --cert")
+    add("--certs-dir", type=Path, default=d.certs_dir,
+        help="where a first start writes a throwaway CA and certificate (default: %(default)s)")
+    add("--no-tls", dest="tls", action="store_false",
+        help="serve plain ws:// (behind a TLS-terminating proxy)")
+    add("--threads", type=int, default=d.threads,
+        help="thread-pool size for decoding and handlers (default: %(default)s)")
+    add("--handler", help="module:function called in the pool as handler(handle, message)")
+    add("--decode", choices=["telemetry", "none"], default=d.decode,
+        help="decode each message into the telemetry struct, or pass raw str/bytes "
+             "(default: %(default)s)")
+    add("--invalid-json", choices=["keep", "close"], default=d.invalid_json,
+        help="on a message that fails to decode: count it and keep the connection, or also "
+             "close it with 1007 (default: %(default)s)")
+    add("--max-message-size", type=int, default=d.max_message_size,
+        help="bytes; larger messages close the connection with 1009 (default: %(default)s)")
+    add("--max-header-bytes", type=int, default=d.max_header_bytes,
+        help="request head limit; larger gets 431 (default: %(default)s)")
+    add("--max-headers", type=int, default=d.max_headers,
+        help="request header count limit; more gets 431 (default: %(default)s)")
+    add("--ping-interval", type=float, default=d.ping_interval,
+        help="seconds between keepalive pings, 0 to disable (default: %(default)s)")
+    add("--ping-timeout", type=float, default=d.ping_timeout,
+        help="seconds to wait for a pong before dropping the peer (default: %(default)s)")
+    add("--handshake-timeout", type=float, default=d.handshake_timeout,
+        help="seconds from accept to a completed TLS + WebSocket handshake (default: %(default)s)")
+    add("--idle-timeout", type=float, default=d.idle_timeout,
+        help="seconds with nothing received before closing, 0 to disable (default: %(default)s)")
+    add("--close-timeout", type=float, default=d.close_timeout,
+        help="seconds to wait for the peer's close frame (default: %(default)s)")
+    add("--max-connections", type=int, default=d.max_connections,
+        help="concurrent connections; beyond it upgrades get 503 (default: the open-files limit "
+             "less 64)")
+    add("--shutdown-timeout", type=float, default=d.shutdown_timeout,
+        help="seconds to drain on SIGTERM before exiting (default: %(default)s)")
+    add("--max-in-flight-per-connection", type=int, default=d.max_in_flight_per_connection,
+        help="messages queued for the pool per connection before reading pauses "
+             "(default: %(default)s)")
+    add("--max-in-flight-total", type=int, default=d.max_in_flight_total,
+        help="messages queued for the pool in all before reading pauses (default: %(default)s)")
+    add("--outbound-limit-bytes", type=int, default=d.outbound_limit_bytes,
+        help="bytes queued for a client that does not read before it is closed with 1008 "
+             "(default: %(default)s)")
+    add("--read-chunk-bytes", type=int, default=d.read_chunk_bytes,
+        help="bytes per recv (default: %(default)s)")
+    add("--backlog", type=int, default=d.backlog, help="listen backlog (default: %(default)s)")
+    add("--compression", choices=["off", "deflate"], default=d.compression,
+        help="permessage-deflate (costs tens of KiB per connection) (default: %(default)s)")
+    add("--deflate-window-bits", type=int, default=d.deflate_window_bits,
+        help="permessage-deflate window bits, 9-15 (default: %(default)s)")
+    add("--workers", type=int, default=d.workers,
+        help="worker processes (default: %(default)s)")
+    add("--log-level", default=d.log_level,
+        choices=["debug", "info", "warning", "error"], help="(default: %(default)s)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    names = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in vars(args).items() if k in names}).validate()
+
+
+def setup_logging(level: str) -> None:
+    # One line per event on stderr; under systemd the journal adds the timestamp, so a plain
+    # format there (JOURNAL_STREAM is set when stderr is the journal).
+    fmt = ("%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
+           else "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="webscale", description="TLS WebSocket server on a "
+                                     "selectors loop and a thread pool")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    _add_serve_flags(serve)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = config_from_args(args)
+        from .server import run
+
+        code = run(config)
+    except ConfigError as exc:
+        print(f"webscale: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        code = 130
+    if code != 0 and threading.active_count() > 1:
+        # Handlers still blocked in the pool would keep the interpreter alive at exit; the
+        # deadline has passed, so leave now.
+        logging.shutdown()
+        os._exit(code)
+    return code

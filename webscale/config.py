@@ -1,0 +1,122 @@
+"""Server configuration: one frozen, typed dataclass, validated once at start-up.
+
+Every default says why. Limits are compared with other servers' where that helps a user choose.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+from .errors import ConfigError
+
+DecodeMode = Literal["telemetry", "none"]
+InvalidJsonPolicy = Literal["keep", "close"]
+Compression = Literal["off", "deflate"]
+
+
+def _default_threads() -> int:
+    # Handlers may block (a database call), so more threads than cores pay off; 16 stays small
+    # enough that decode-only workloads do not thrash the GIL.
+    return 16
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # Loopback by default: exposing a server is a decision the operator makes with --host.
+    host: str = "127.0.0.1"
+    # 8443: the conventional unprivileged TLS port; 443 needs a capability or socket activation.
+    port: int = 8443
+    cert: Path | None = None
+    key: Path | None = None
+    # Where a first start writes a throwaway CA and server certificate when --cert is not given.
+    certs_dir: Path = Path("certs")
+    tls: bool = True
+    threads: int = field(default_factory=_default_threads)
+    # "module:function" called in the pool with (handle, message); None counts and drops.
+    handler: str | None = None
+    # "telemetry": decode each message into messages.Telemetry before the handler sees it;
+    # "none": hand the handler the raw str/bytes (echo servers, other payloads).
+    decode: DecodeMode = "telemetry"
+    # Invalid JSON is always counted; "close" also closes that connection with 1007.
+    invalid_json: InvalidJsonPolicy = "keep"
+    # 1 MiB, as websockets' default: 100x the workload's message, small enough that 10,000
+    # clients cannot pin 10 GiB with half-sent messages.
+    max_message_size: int = 1 << 20
+    # 16 KiB of request head and 100 headers, as h11 and nginx (large_client_header_buffers) allow.
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+    # 20 s, as websockets: frequent enough to keep NAT mappings alive, cheap at 10k connections.
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    # A client has 10 s from TCP accept to a completed WebSocket upgrade (slowloris bound).
+    handshake_timeout: float = 10.0
+    # Nothing at all received (pongs count) for this long closes the connection; it only bites
+    # when pings are off or the peer stops answering them. 0 disables.
+    idle_timeout: float = 120.0
+    # How long we wait for the peer's close frame after sending ours before dropping TCP.
+    close_timeout: float = 5.0
+    # None: the open-files limit minus a reserve, decided at start-up (see limits.py).
+    max_connections: int | None = None
+    shutdown_timeout: float = 10.0
+    # Messages handed to the pool but not yet handled, per connection and in all. At the bound
+    # the loop stops reading that connection (TCP backpressure), so memory stays bounded.
+    max_in_flight_per_connection: int = 64
+    max_in_flight_total: int = 8192
+    # Replies queued for a client that does not read; beyond it the client is closed (1008).
+    outbound_limit_bytes: int = 1 << 20
+    # Bytes read per recv; a TLS record is at most 16 KiB of plaintext, so 64 KiB covers several
+    # plain-socket messages per call without holding large buffers.
+    read_chunk_bytes: int = 64 * 1024
+    # The listen() backlog: enough for thousands of clients connecting at once (the kernel caps
+    # it at net.core.somaxconn).
+    backlog: int = 4096
+    compression: Compression = "off"
+    # permessage-deflate window bits (RFC 7692 §7.1.2); 15 is zlib's and the RFC's default.
+    deflate_window_bits: int = 15
+    workers: int = 1
+    log_level: str = "info"
+
+    def validate(self) -> Config:
+        """Raise ConfigError naming the first invalid value; return self for chaining."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port {self.port} is not a TCP port")
+        positive = ("threads", "max_message_size", "max_header_bytes", "max_headers",
+                    "max_in_flight_per_connection", "max_in_flight_total",
+                    "outbound_limit_bytes", "read_chunk_bytes", "backlog", "workers")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        non_negative = ("ping_interval", "ping_timeout", "idle_timeout", "close_timeout",
+                        "shutdown_timeout")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+        if self.handshake_timeout <= 0:
+            raise ConfigError("--handshake-timeout must be positive")
+        if self.max_connections is not None and self.max_connections <= 0:
+            raise ConfigError("--max-connections must be positive")
+        if self.tls and (self.cert is None) != (self.key is None):
+            raise ConfigError("--cert and --key go together")
+        for path in (self.cert, self.key):
+            if path is not None and self.tls and not path.is_file():
+                raise ConfigError(f"{path} does not exist")
+        if not 9 <= self.deflate_window_bits <= 15:
+            raise ConfigError("--deflate-window-bits must be between 9 and 15")
+        if self.handler is not None and ":" not in self.handler:
+            raise ConfigError("--handler must be module:function")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.tls else "ws"
+
+    def describe(self) -> dict[str, object]:
+        return {f.name: (str(v) if isinstance(v := getattr(self, f.name), Path) else v)
+                for f in fields(self)}
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,234 @@
+"""Hand-off of complete messages from the loop to the thread pool, with backpressure.
+
+How this works: the loop appends each complete message to its connection's inbox. A connection
+has at most one batch in the pool at a time, which keeps its messages in order without locks: the
+pool thread gets the whole inbox as an immutable tuple, decodes and handles each message, and
+reports one `BatchDone` back through `call_soon_threadsafe`. The loop then applies the counts and
+starts the next batch if more arrived meanwhile. Batching is also what keeps the GIL convoy small:
+one hand-off and one wake-up per batch, not per message.
+
+Backpressure: when a connection has `max_in_flight_per_connection` messages waiting or in the pool,
+or the server has `max_in_flight_total`, the connection stops reading (its socket leaves the
+selector's read set) and TCP pushes back on the client. Reading resumes once the pool catches up.
+Nothing is dropped and no queue grows without bound.
+
+Handlers run in the pool and may block. They talk to the connection only through
+`ConnectionHandle`, whose `send`/`close` enqueue work for the loop; pool threads never touch a
+socket or loop state.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .config import Config
+from .errors import ConfigError, DecodeError
+from .messages import decode_telemetry
+from .stats import HANDLER_BOUNDS, Stats
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .loop import EventLoop
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[["ConnectionHandle", Any], object]
+
+
+class Inbox(Protocol):
+    """What the dispatcher needs of a connection (implemented by connection.Connection)."""
+
+    conn_id: int
+    inbox: list[str | bytes]
+    in_flight: int
+    batch_running: bool
+    handle: ConnectionHandle
+
+    def apply_backpressure(self, paused: bool) -> None: ...
+
+    def close_from_handler(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    handled: int
+    decoded: int
+    decode_errors: int
+    handler_errors: int
+    handler_buckets: tuple[int, ...]
+    handler_seconds: float
+    close_code: int  # non-zero: close the connection (invalid JSON policy "close")
+
+
+class ConnectionHandle:
+    """A handler's view of its connection: thread-safe, and safe to keep after it closes."""
+
+    __slots__ = ("conn_id", "remote_address", "_loop", "_conn")
+
+    def __init__(self, loop: EventLoop, conn: Connection, remote_address: object) -> None:
+        self.conn_id = conn.conn_id
+        self.remote_address = remote_address
+        self._loop = loop
+        self._conn = conn
+
+    def send(self, data: str | bytes) -> None:
+        """Queue a text (str) or binary (bytes) message; returns at once, from any thread."""
+        self._loop.call_soon_threadsafe(self._conn.send_from_handler, data)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self._loop.call_soon_threadsafe(self._conn.close_from_handler, code, reason)
+
+    def __repr__(self) -> str:
+        return f"<ConnectionHandle {self.conn_id} {self.remote_address}>"
+
+
+def load_handler(spec: str | None) -> Handler | None:
+    """Import "package.module:function"; ConfigError naming what is missing."""
+    if spec is None:
+        return None
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--handler {spec}: cannot import {module_name}: {exc}") from exc
+    handler = getattr(module, attr, None)
+    if not callable(handler):
+        raise ConfigError(f"--handler {spec}: {module_name} has no callable {attr!r}")
+    return handler  # type: ignore[no-any-return]
+
+
+class Dispatcher:
+    def __init__(self, loop: EventLoop, config: Config, stats: Stats,
+                 handler: Handler | None) -> None:
+        self.loop = loop
+        self.stats = stats
+        self.handler = handler
+        self.decode = config.decode == "telemetry"
+        self.close_on_invalid = config.invalid_json == "close"
+        self.per_connection_limit = config.max_in_flight_per_connection
+        self.total_limit = config.max_in_flight_total
+        # Resume globally paused connections only when well below the bound, so they do not
+        # flap between paused and reading on every batch.
+        self.total_resume = max(1, self.total_limit * 3 // 4)
+        self.pool = ThreadPoolExecutor(config.threads, thread_name_prefix="webscale-pool")
+        self.in_flight_total = 0
+        self.batches_in_pool = 0
+        self._globally_paused: dict[int, Inbox] = {}
+        self._last_error_log = 0.0
+
+    # -- loop thread ------------------------------------------------------------------------
+    def submit(self, conn: Inbox, data: str | bytes) -> None:
+        """Queue one complete message (loop thread); may pause reading that connection."""
+        conn.inbox.append(data)
+        conn.in_flight += 1
+        self.in_flight_total += 1
+        self.stats.in_flight = self.in_flight_total
+        if not conn.batch_running:
+            self._start_batch(conn)
+        if conn.in_flight >= self.per_connection_limit:
+            conn.apply_backpressure(True)
+        elif self.in_flight_total >= self.total_limit:
+            self._globally_paused[conn.conn_id] = conn
+            conn.apply_backpressure(True)
+
+    def _start_batch(self, conn: Inbox) -> None:
+        batch = tuple(conn.inbox)
+        conn.inbox.clear()
+        conn.batch_running = True
+        self.batches_in_pool += 1
+        self.stats.pool_queue_depth = self.batches_in_pool
+        self.pool.submit(self._run_batch, conn, conn.handle, batch)
+
+    def _batch_done(self, conn: Inbox, done: BatchDone) -> None:
+        stats = self.stats
+        self.batches_in_pool -= 1
+        stats.pool_queue_depth = self.batches_in_pool
+        stats.messages_handled += done.handled
+        stats.messages_decoded += done.decoded
+        stats.decode_errors += done.decode_errors
+        stats.handler_errors += done.handler_errors
+        stats.handler_seconds.merge(list(done.handler_buckets), done.handler_seconds)
+        conn.in_flight -= done.handled
+        self.in_flight_total -= done.handled
+        stats.in_flight = self.in_flight_total
+        conn.batch_running = False
+        if done.close_code:
+            conn.close_from_handler(done.close_code, "invalid JSON")
+        if conn.inbox:
+            self._start_batch(conn)
+        if conn.in_flight < self.per_connection_limit and conn.conn_id not in self._globally_paused:
+            conn.apply_backpressure(False)
+        if self._globally_paused and self.in_flight_total <= self.total_resume:
+            paused = list(self._globally_paused.values())
+            self._globally_paused.clear()
+            for other in paused:
+                if other.in_flight < self.per_connection_limit:
+                    other.apply_backpressure(False)
+
+    def forget(self, conn: Inbox) -> None:
+        """The connection closed; its in-flight messages still finish (loop thread)."""
+        self._globally_paused.pop(conn.conn_id, None)
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight_total == 0 and self.batches_in_pool == 0
+
+    def shutdown(self, wait: bool) -> None:
+        self.pool.shutdown(wait=wait, cancel_futures=not wait)
+
+    # -- pool threads -----------------------------------------------------------------------
+    def _run_batch(self, conn: Inbox, handle: ConnectionHandle,
+                   batch: tuple[str | bytes, ...]) -> None:
+        decoded = decode_errors = handler_errors = 0
+        close_code = 0
+        buckets = [0] * (len(HANDLER_BOUNDS) + 1)
+        spent = 0.0
+        handler = self.handler
+        clock = time.perf_counter
+        for data in batch:
+            started = clock()
+            message: Any = data
+            if self.decode:
+                try:
+                    message = decode_telemetry(data)
+                    decoded += 1
+                except DecodeError as exc:
+                    decode_errors += 1
+                    self._log_rate_limited("conn %d: undecodable message: %s", handle.conn_id, exc)
+                    if self.close_on_invalid:
+                        close_code = 1007
+                        break  # the connection is closing; the rest are counted as handled
+                    continue
+            if handler is not None:
+                try:
+                    handler(handle, message)
+                except Exception:
+                    handler_errors += 1
+                    logger.exception("conn %d: handler raised", handle.conn_id)
+            elapsed = clock() - started
+            spent += elapsed
+            buckets[_bucket(elapsed)] += 1
+        self.loop.call_soon_threadsafe(
+            self._batch_done, conn,
+            BatchDone(len(batch), decoded, decode_errors, handler_errors, tuple(buckets), spent,
+                      close_code))
+
+    def _log_rate_limited(self, fmt: str, *args: object) -> None:
+        # A client streaming garbage must not turn into a log flood: one line a second at most.
+        now = time.monotonic()
+        if now - self._last_error_log >= 1.0:
+            self._last_error_log = now
+            logger.warning(fmt, *args)
+
+
+def _bucket(seconds: float) -> int:
+    for i, bound in enumerate(HANDLER_BOUNDS):
+        if seconds <= bound:
+            return i
+    return len(HANDLER_BOUNDS)

@@ -1,0 +1,80 @@
+"""GET /metrics: the stats snapshot in the Prometheus text exposition format (version 0.0.4).
+
+Rendered by hand from the same snapshot as /stats: the format is a few lines of text, and
+prometheus_client would add a registry and a second set of counters to keep in step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# (snapshot key, metric name, type, help)
+_SCALARS: tuple[tuple[str, str, str, str], ...] = (
+    ("connections_open", "webscale_connections_open", "gauge", "TCP connections open now"),
+    ("websockets_open", "webscale_websockets_open", "gauge", "WebSocket sessions open now"),
+    ("connections_total", "webscale_connections_accepted_total", "counter",
+     "TCP connections accepted"),
+    ("connections_rejected", "webscale_connections_rejected_total", "counter",
+     "connections refused at --max-connections or while draining"),
+    ("tls_handshake_failures", "webscale_tls_handshake_failures_total", "counter",
+     "TLS handshakes that failed"),
+    ("ws_handshake_failures", "webscale_ws_handshake_failures_total", "counter",
+     "HTTP upgrade requests refused"),
+    ("handshake_timeouts", "webscale_handshake_timeouts_total", "counter",
+     "connections closed by --handshake-timeout"),
+    ("http_requests", "webscale_http_requests_total", "counter", "plain HTTP requests answered"),
+    ("messages_received", "webscale_messages_received_total", "counter",
+     "complete WebSocket messages received"),
+    ("messages_decoded", "webscale_messages_decoded_total", "counter",
+     "messages decoded into the payload struct"),
+    ("messages_handled", "webscale_messages_handled_total", "counter",
+     "messages the pool finished with"),
+    ("decode_errors", "webscale_decode_errors_total", "counter", "messages that failed to decode"),
+    ("handler_errors", "webscale_handler_errors_total", "counter", "handler calls that raised"),
+    ("messages_out", "webscale_messages_sent_total", "counter", "messages sent by handlers"),
+    ("bytes_in", "webscale_bytes_received_total", "counter", "bytes received (after TLS)"),
+    ("bytes_out", "webscale_bytes_sent_total", "counter", "bytes sent (before TLS)"),
+    ("in_flight", "webscale_messages_in_flight", "gauge", "messages queued or in the pool"),
+    ("pool_queue_depth", "webscale_pool_batches", "gauge", "batches queued or running in the pool"),
+    ("paused_connections", "webscale_connections_paused", "gauge",
+     "connections not read because of backpressure"),
+    ("accept_pauses", "webscale_accept_pauses_total", "counter",
+     "times accepting paused on EMFILE/ENFILE"),
+    ("uptime_seconds", "webscale_uptime_seconds", "gauge", "seconds since start"),
+)
+
+_HISTOGRAMS = (
+    ("handler_seconds", "webscale_handler_seconds", "decode + handler time per message"),
+    ("loop_lag_seconds", "webscale_loop_iteration_seconds", "time the loop spends per iteration"),
+)
+
+
+def _labels(labels: str) -> str:
+    return "{" + labels + "}" if labels else ""
+
+
+def render_prometheus(snapshot: dict[str, Any], labels: str = "") -> str:
+    """`labels` is e.g. 'worker="1"' to tell several processes' series apart."""
+    lines: list[str] = []
+    sep = "," if labels else ""
+    for key, name, kind, help_text in _SCALARS:
+        if key not in snapshot:
+            continue
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}",
+                  f"{name}{_labels(labels)} {snapshot[key]}"]
+    name = "webscale_closes_total"
+    lines += [f"# HELP {name} WebSocket closes by close code", f"# TYPE {name} counter"]
+    for code, count in snapshot.get("closes_by_code", {}).items():
+        lines.append(f'{name}{{{labels}{sep}code="{code}"}} {count}')
+    for key, name, help_text in _HISTOGRAMS:
+        hist = snapshot.get(key)
+        if not hist:
+            continue
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        cumulative = 0
+        for bound, count in zip([*hist["bounds"], "+Inf"], hist["counts"]):
+            cumulative += count
+            lines.append(f'{name}_bucket{{{labels}{sep}le="{bound}"}} {cumulative}')
+        lines.append(f"{name}_sum{_labels(labels)} {hist['sum']}")
+        lines.append(f"{name}_count{_labels(labels)} {hist['count']}")
+    return "\n".join(lines) + "\n"

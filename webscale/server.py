@@ -1,0 +1,360 @@
+"""The server: listening sockets, accepting, routing plain HTTP, and an orderly shutdown.
+
+How this works: `Server.start()` binds (or adopts socket-activated) listeners and registers them
+with the loop; each readable listener is accepted until EAGAIN, each client wrapped for TLS and
+handed to a `Connection`. `serve_forever()` runs the loop on the calling thread; signal handlers
+only record the signal (and `set_wakeup_fd` interrupts the wait), and the loop acts on it:
+SIGTERM/SIGINT begin a drain (stop accepting, close every WebSocket with 1001, let the pool
+finish what was received) bounded by --shutdown-timeout; a second SIGINT exits at once; SIGHUP
+reloads the certificate for new connections.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import orjson
+
+from . import tls
+from .config import Config
+from .connection import Connection, ConnState
+from .dispatch import Dispatcher, Handler, load_handler
+from .loop import EVENT_READ, EventLoop
+from .protocol import HttpRequest, ProtocolLimits
+from .stats import Stats
+
+logger = logging.getLogger(__name__)
+
+# Connections accepted beyond --max-connections still get a 503 (so clients see why); past this
+# many more they are closed at once, since each still costs a file descriptor.
+_REFUSAL_HEADROOM = 256
+# After EMFILE/ENFILE, stop accepting this long instead of spinning on a listener that stays
+# readable (the kernel keeps the pending connections in the backlog meanwhile).
+_ACCEPT_PAUSE = 0.5
+# Accepts per readiness event: enough to drain a burst, bounded so reads keep flowing.
+_ACCEPTS_PER_EVENT = 256
+
+
+class _Listener:
+    def __init__(self, server: Server, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+
+    def on_readable(self) -> None:
+        self.server._accept(self.sock)
+
+    def on_writable(self) -> None:  # pragma: no cover - never registered for writing
+        pass
+
+
+class Server:
+    def __init__(self, config: Config, *, handler: Handler | None = None,
+                 listen_sockets: list[socket.socket] | None = None) -> None:
+        self.config = config
+        self.loop = EventLoop()
+        self.stats = Stats(started_at=time.time())
+        self.protocol_limits = ProtocolLimits(
+            max_message_size=config.max_message_size,
+            max_header_bytes=config.max_header_bytes,
+            max_headers=config.max_headers,
+            compression=config.compression == "deflate",
+            deflate_window_bits=config.deflate_window_bits,
+        )
+        self.ssl_context = self._make_ssl_context() if config.tls else None
+        self.dispatcher = Dispatcher(self.loop, config, self.stats,
+                                     handler if handler is not None else load_handler(config.handler))
+        self.max_connections = config.max_connections or _default_max_connections()
+        self.connections: dict[int, Connection] = {}
+        self._ids = itertools.count(1)
+        self._listeners: list[_Listener] = []
+        self._given_sockets = listen_sockets
+        self._accept_paused = False
+        self._pending_signals: list[int] = []
+        self._sigint_count = 0
+        self.draining = False
+        self._drain_deadline = 0.0
+        self._stopped = threading.Event()
+        self.exit_code = 0
+        self.loop.on_iteration = self.stats.loop_lag_seconds.observe
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _make_ssl_context(self) -> ssl.SSLContext:
+        cert, key = self.config.cert, self.config.key
+        if cert is None or key is None:
+            from .certs import ensure_certs  # only needed when no certificate was given
+
+            paths = ensure_certs(self.config.certs_dir)
+            cert, key = paths.server_cert, paths.server_key
+        return tls.make_server_context(cert, key)
+
+    def start(self) -> None:
+        socks = self._given_sockets or [self._bind()]
+        for sock in socks:
+            sock.setblocking(False)
+            listener = _Listener(self, sock)
+            self.loop.register(sock, EVENT_READ, listener)
+            self._listeners.append(listener)
+        logger.info("listening on %s (max %d connections, %d threads)", self.urls()[0],
+                    self.max_connections, self.config.threads)
+
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.config.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((self.config.host, self.config.port))
+        sock.listen(self.config.backlog)
+        return sock
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._listeners[0].sock.getsockname()[:2]
+        return host, port
+
+    def urls(self) -> list[str]:
+        out = []
+        for listener in self._listeners:
+            host, port = listener.sock.getsockname()[:2]
+            host = f"[{host}]" if ":" in host else host
+            out.append(f"{self.config.scheme}://{host}:{port}")
+        return out
+
+    # -- accepting --------------------------------------------------------------------------
+    def _accept(self, listen_sock: socket.socket) -> None:
+        for _ in range(_ACCEPTS_PER_EVENT):
+            try:
+                sock, address = listen_sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._pause_accepting(exc)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # the client gave up while queued: not our problem
+                raise
+            self._adopt(sock, address)
+
+    def _adopt(self, sock: socket.socket, address: Any) -> None:
+        open_now = len(self.connections)
+        if open_now >= self.max_connections + _REFUSAL_HEADROOM:
+            self.stats.connections_rejected += 1
+            sock.close()
+            return
+        refuse = 503 if (open_now >= self.max_connections or self.draining) else 0
+        if refuse:
+            self.stats.connections_rejected += 1
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            wrapped = tls.wrap(self.ssl_context, sock)
+        except (ssl.SSLError, OSError) as exc:
+            self.stats.tls_handshake_failures += 1
+            logger.debug("TLS wrap failed for %s: %r", address, exc)
+            sock.close()
+            return
+        conn = Connection(self, wrapped, address, next(self._ids), refuse)
+        self.connections[conn.conn_id] = conn
+        self.stats.connections_open = len(self.connections)
+        self.stats.connections_total += 1
+        conn.start()
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        if self._accept_paused:
+            return
+        self._accept_paused = True
+        self.stats.accept_pauses += 1
+        logger.warning("accept failed (%s) with %d connections open: pausing accepts for %.1fs",
+                       os.strerror(exc.errno or 0), len(self.connections), _ACCEPT_PAUSE)
+        for listener in self._listeners:
+            self.loop.unregister(listener.sock)
+        self.loop.call_later(_ACCEPT_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._accept_paused = False
+        if self.draining:
+            return
+        for listener in self._listeners:
+            self.loop.register(listener.sock, EVENT_READ, listener)
+
+    # -- connection callbacks ---------------------------------------------------------------
+    def connection_upgraded(self, conn: Connection) -> None:
+        pass  # the count of open WebSockets is derived on demand (see websockets_open)
+
+    def connection_closed(self, conn: Connection) -> None:
+        self.connections.pop(conn.conn_id, None)
+        self.stats.connections_open = len(self.connections)
+        self.dispatcher.forget(conn)
+
+    def respond_http(self, conn: Connection, request: HttpRequest) -> None:
+        """Plain HTTP on the WebSocket port: health, stats and metrics; anything else 426."""
+        from .metrics import render_prometheus
+
+        path = request.target.split("?", 1)[0]
+        routes = {"/healthz", "/stats", "/metrics"}
+        if path in routes and request.method not in ("GET", "HEAD"):
+            conn.proto.respond_http(405, b"method not allowed\n", extra_headers=((b"Allow", b"GET"),))
+        elif path == "/healthz":
+            if self.draining:
+                conn.proto.respond_http(503, b"draining\n")
+            else:
+                conn.proto.respond_http(200, b"ok\n")
+        elif path == "/stats":
+            conn.proto.respond_http(200, orjson.dumps(self.snapshot()),
+                                    content_type=b"application/json")
+        elif path == "/metrics":
+            conn.proto.respond_http(200, render_prometheus(self.snapshot()).encode(),
+                                    content_type=b"text/plain; version=0.0.4; charset=utf-8")
+        else:
+            conn.proto.respond_http(426, b"this endpoint speaks WebSocket\n",
+                                    extra_headers=((b"Upgrade", b"websocket"),))
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.stats.snapshot()
+        snap["websockets_open"] = sum(1 for c in self.connections.values()
+                                      if c.state is ConnState.OPEN)
+        snap["uptime_seconds"] = time.time() - self.stats.started_at
+        snap["max_connections"] = self.max_connections
+        snap["pid"] = os.getpid()
+        return snap
+
+    # -- running and stopping ---------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """Main thread only: signals set a flag; the wake-up fd interrupts select()."""
+        signal.set_wakeup_fd(self.loop.wakeup_fd, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._pending_signals.append(signum)
+
+    def serve_forever(self) -> int:
+        """Run until drained or stopped; returns the process exit code."""
+        loop = self.loop
+        try:
+            while not self._stopped.is_set():
+                loop.run_once(max_wait=1.0)
+                if self._pending_signals:
+                    self._handle_signals()
+        finally:
+            self._close_everything()
+        return self.exit_code
+
+    def _handle_signals(self) -> None:
+        pending, self._pending_signals = self._pending_signals, []
+        for signum in pending:
+            if signum == signal.SIGHUP:
+                self.reload_certificate()
+            elif signum == signal.SIGINT:
+                self._sigint_count += 1
+                if self._sigint_count >= 2:
+                    logger.warning("second SIGINT: exiting now")
+                    self.exit_code = 130
+                    self._stopped.set()
+                    return
+                self.begin_shutdown("SIGINT")
+            else:
+                self.begin_shutdown(signal.Signals(signum).name)
+
+    def reload_certificate(self) -> None:
+        if not self.config.tls:
+            return
+        try:
+            self.ssl_context = self._make_ssl_context()
+        except (ssl.SSLError, OSError) as exc:
+            logger.error("certificate reload failed, keeping the old one: %s", exc)
+            return
+        logger.info("certificate reloaded; new connections use it")
+
+    def request_shutdown(self) -> None:
+        """Thread-safe: begin a graceful shutdown."""
+        self.loop.call_soon_threadsafe(self.begin_shutdown, "request")
+
+    def begin_shutdown(self, why: str) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        self._drain_deadline = self.loop.time() + self.config.shutdown_timeout
+        logger.info("%s: draining %d connections, %d messages in flight (deadline %.1fs)",
+                    why, len(self.connections), self.dispatcher.in_flight_total,
+                    self.config.shutdown_timeout)
+        for listener in self._listeners:
+            try:
+                self.loop.unregister(listener.sock)
+            except (KeyError, ValueError):
+                pass
+            listener.sock.close()
+        for conn in list(self.connections.values()):
+            conn.close(1001, "server shutting down")
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if not self.connections and self.dispatcher.idle:
+            logger.info("drained: all connections closed and all messages handled")
+            self._stopped.set()
+            return
+        if self.loop.time() >= self._drain_deadline:
+            logger.error("shutdown deadline passed with %d connections open and %d messages "
+                         "unhandled", len(self.connections), self.dispatcher.in_flight_total)
+            self.exit_code = 1 if self.dispatcher.in_flight_total else 0
+            self._stopped.set()
+            return
+        self.loop.call_later(0.02, self._check_drained)
+
+    def stop(self) -> None:
+        """Thread-safe: stop at once (tests, embedding)."""
+        self._stopped.set()
+        self.loop.wake()
+
+    def _close_everything(self) -> None:
+        for conn in list(self.connections.values()):
+            conn.proto.abort()
+            conn._close_transport()
+        for listener in self._listeners:
+            if listener.sock.fileno() != -1:
+                try:
+                    self.loop.unregister(listener.sock)
+                except (KeyError, ValueError):
+                    pass
+                listener.sock.close()
+        graceful = self.exit_code == 0 and self.dispatcher.idle
+        self.dispatcher.shutdown(wait=graceful)
+        self.loop.close()
+
+
+def _default_max_connections() -> int:
+    """The open-files limit less a reserve for listeners, logs and the pool's own files."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, ValueError, OSError):
+        return 1000
+    if soft == resource.RLIM_INFINITY:
+        return 100_000
+    return max(1, soft - 64)
+
+
+def run(config: Config, *, handler: Handler | None = None,
+        listen_sockets: list[socket.socket] | None = None) -> int:
+    """Start a server on this (main) thread and serve until shutdown; the exit code."""
+    server = Server(config, handler=handler, listen_sockets=listen_sockets)
+    server.start()
+    if threading.current_thread() is threading.main_thread():
+        server.install_signal_handlers()
+    for url in server.urls():
+        print(f"listening on {url}", flush=True)
+    code = server.serve_forever()
+    sys.stdout.flush()
+    return code
