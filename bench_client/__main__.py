@@ -1,0 +1,3 @@
+from bench_client.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""`bench_client`: parse flags, fork the workers, drive the run's phases, print the report.
+
+How this works: the parent raises its file limit (inherited by the workers), forks one process per
+`WorkerPlan`, then only listens to their pipes. The run has three phases: RAMP until every client
+has settled (established or failed, or a deadline passes), STEADY for `--duration` seconds, then
+STOP: the parent sends "stop", every worker closes its connections and sends its final statistics,
+which the parent merges into the report. The first Ctrl-C/SIGTERM jumps to STOP; a second Ctrl-C
+kills the workers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import resource
+import signal
+import sys
+import time
+from multiprocessing.connection import Connection, wait
+from types import FrameType
+from typing import Any
+
+from bench_client.config import (
+    BenchConfig,
+    WorkerPlan,
+    parse_source_addrs,
+    raise_file_limit,
+    resolve,
+    split_plans,
+    worker_count,
+)
+from bench_client.errors import ConfigError
+from bench_client.metrics import merge_snapshots
+from bench_client.report import ProgressPrinter, build_report, render_table, write_json
+from bench_client.worker import run_worker
+
+logger = logging.getLogger("bench_client")
+
+# After "stop", how long beyond --close-timeout a worker may take to report before it is killed.
+FINAL_GRACE = 10.0
+# How long past the paced ramp (clients / ramp) plus handshake timeouts the parent waits for every
+# client to settle before it starts the steady phase anyway.
+SETTLE_GRACE = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench_client", description=__doc__.splitlines()[0])
+    p.add_argument("--url", default="wss://127.0.0.1:8443/", help="ws:// or wss:// server URL")
+    p.add_argument("--clients", type=int, default=100, help="connections to open (default 100)")
+    p.add_argument("--rate", type=float, default=1.0,
+                   help="messages per client per second; 0 = connect and hold idle (default 1)")
+    p.add_argument("--size", type=int, default=10_240, help="message size in bytes (default 10240)")
+    p.add_argument("--duration", type=float, default=10.0,
+                   help="seconds of steady state once every client has settled (default 10)")
+    p.add_argument("--ramp", type=float, default=1000.0,
+                   help="cap on new connections per second, all processes (default 1000)")
+    p.add_argument("--procs", type=int, default=0,
+                   help="worker processes (default: one per core, more if the file limit needs)")
+    p.add_argument("--source-addrs", default=None, metavar="A-B",
+                   help="bind round-robin to these source addresses, e.g. 127.0.0.1-127.0.0.16")
+    p.add_argument("--cafile", default=None, help="CA certificate to verify the server with")
+    p.add_argument("--insecure", action="store_true", help="do not verify the server certificate")
+    p.add_argument("--ping-sample", type=int, default=0, metavar="K",
+                   help="K connections ping every second to measure round-trip time")
+    p.add_argument("--json", dest="json_path", default=None, metavar="PATH",
+                   help="also write the report as JSON to PATH ('-' for stdout)")
+    p.add_argument("--max-failures", type=int, default=0,
+                   help="exit non-zero when failed + dropped connections exceed this (default 0)")
+    p.add_argument("--handshake-timeout", type=float, default=10.0,
+                   help="seconds for connect + TLS + upgrade per connection (default 10)")
+    p.add_argument("--close-timeout", type=float, default=3.0,
+                   help="seconds to wait for close replies at the end (default 3)")
+    p.add_argument("--inflight", type=int, default=500,
+                   help="handshakes in progress per process (default 500)")
+    p.add_argument("--quiet", action="store_true", help="no live progress")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        url=args.url,
+        clients=args.clients,
+        rate=args.rate,
+        size=args.size,
+        duration=args.duration,
+        ramp=args.ramp,
+        procs=args.procs,
+        source_addrs=parse_source_addrs(args.source_addrs) if args.source_addrs else (),
+        cafile=args.cafile,
+        insecure=args.insecure,
+        ping_sample=args.ping_sample,
+        json_path=args.json_path,
+        max_failures=args.max_failures,
+        handshake_timeout=args.handshake_timeout,
+        close_timeout=args.close_timeout,
+        inflight=args.inflight,
+    )
+
+
+class Runner:
+    def __init__(self, config: BenchConfig, plans: list[WorkerPlan], quiet: bool) -> None:
+        self.config = config
+        self.plans = plans
+        self.progress: dict[int, dict[str, Any]] = {}
+        self.finals: dict[int, dict[str, Any]] = {}
+        self.printer = None if quiet else ProgressPrinter(sys.stderr, config.clients)
+        self.stop_signals = 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_signals += 1  # only a flag: the main loop acts on it
+
+    def _totals(self) -> dict[str, int]:
+        keys = ("attempted", "established", "failed", "dropped", "open", "messages_written")
+        return {key: sum(p[key] for p in self.progress.values()) for key in keys}
+
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        ctx = multiprocessing.get_context("fork")
+        pipes: dict[Connection, int] = {}
+        processes = []
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT,
+                                                                         signal.SIGTERM)}
+        started_at = time.monotonic()
+        try:
+            for plan in self.plans:
+                parent_end, child_end = ctx.Pipe(duplex=True)
+                process = ctx.Process(target=run_worker, args=(plan, config, child_end),
+                                      name=f"bench-worker-{plan.index}", daemon=True)
+                process.start()
+                child_end.close()
+                pipes[parent_end] = plan.index
+                processes.append(process)
+            settle_deadline = (started_at + config.clients / config.ramp
+                               + 2 * config.handshake_timeout + SETTLE_GRACE)
+            steady_started_at: float | None = None
+            steady_written_start = 0
+            stopped_at: float | None = None
+            steady_written: int | None = None
+            final_deadline = 0.0
+            phase = "ramp"
+            live = dict(pipes)
+            while live:
+                for pipe in wait(list(live), timeout=0.1):
+                    try:
+                        message = pipe.recv()  # type: ignore[union-attr]
+                    except (EOFError, OSError):
+                        del live[pipe]  # type: ignore[arg-type]
+                        continue
+                    index = message["worker"]
+                    if message["type"] == "final":
+                        self.finals[index] = message
+                        del live[pipe]  # type: ignore[arg-type]
+                    else:
+                        self.progress[index] = message
+                now = time.monotonic()
+                if self.stop_signals >= 2:
+                    break
+                totals = self._totals() if self.progress else None
+                if phase == "ramp":
+                    settled = (len(self.progress) == len(self.plans)
+                               and all(p["settled"] for p in self.progress.values()))
+                    if settled or now >= settle_deadline or self.stop_signals:
+                        phase = "steady"
+                        steady_started_at = now
+                        steady_written_start = totals["messages_written"] if totals else 0
+                if phase == "steady":
+                    assert steady_started_at is not None
+                    nothing_open = totals is not None and totals["open"] == 0
+                    if (now - steady_started_at >= config.duration or nothing_open
+                            or self.stop_signals):
+                        phase = "stop"
+                        stopped_at = now
+                        if totals:
+                            steady_written = totals["messages_written"] - steady_written_start
+                        final_deadline = now + config.close_timeout + FINAL_GRACE
+                        for pipe in live:
+                            try:
+                                pipe.send("stop")
+                            except OSError:
+                                pass
+                if phase == "stop" and now >= final_deadline:
+                    break
+                if self.printer is not None and totals is not None:
+                    self.printer.update(now - started_at, totals, phase)
+        finally:
+            for process in processes:
+                if process.is_alive() and process.pid is not None:
+                    process.terminate()
+                process.join(5)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self.printer is not None:
+                self.printer.finish()
+        ended_at = time.monotonic()
+        return self._report(started_at, steady_started_at, stopped_at or ended_at, ended_at,
+                            steady_written)
+
+    def _report(self, started_at: float, steady_started_at: float | None, stopped_at: float,
+                ended_at: float, steady_written: int | None) -> dict[str, Any]:
+        snapshots = list(self.finals.values())
+        merged = merge_snapshots(snapshots) if snapshots else merge_snapshots([])
+        for plan in self.plans:  # a worker that died took its clients' outcomes with it
+            if plan.index not in self.finals:
+                merged["failed"] += plan.clients
+                reasons = merged["failure_reasons"]
+                reasons["worker process lost"] = reasons.get("worker process lost", 0) + plan.clients
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = {"user_s": children.ru_utime + own.ru_utime,
+               "system_s": children.ru_stime + own.ru_stime}
+        return build_report(self.config, len(self.plans), merged, started_at, steady_started_at,
+                            stopped_at, ended_at, cpu, self.stop_signals > 0, steady_written)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = config_from_args(args)
+        address = resolve(config)
+    except ConfigError as exc:
+        print(f"bench_client: {exc}", file=sys.stderr)
+        return 2
+    file_limit = raise_file_limit()
+    plans = split_plans(config, worker_count(config, file_limit), address)
+    report = Runner(config, plans, args.quiet).run()
+    print(render_table(report))
+    if config.json_path:
+        write_json(report, config.json_path)
+    return 0 if report["ok"] else 1
