@@ -8,7 +8,7 @@
 #
 # Idempotent: run it again after `git pull` to upgrade; it keeps existing certificates and
 # /etc/webscale/webscale.env. See deploy/rpi/README.md.
-set -euo pipefail
+set -Eeuo pipefail  # -E: the ERR trap below also fires inside functions
 
 PREFIX=/opt/webscale
 VENV="$PREFIX/venv"
@@ -17,6 +17,9 @@ CERT_DIR="$CONF_DIR/certs"
 UNIT_DIR=/etc/systemd/system
 SYSCTL_FILE=/etc/sysctl.d/90-webscale.conf
 SERVICE_USER=webscale
+# Debian's own Python: the unit's ProtectHome=yes hides a pyenv or conda Python under /root or
+# /home, and a venv only links to its base interpreter.
+PYTHON="${PYTHON:-/usr/bin/python3}"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -34,6 +37,8 @@ usage() {
 
 log() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+# set -e exits silently; say which command failed.
+trap 'printf "install.sh: error: line %s: %s failed\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -56,7 +61,11 @@ fi
 
 uninstall_all() {
     log "stopping and removing the service"
-    systemctl disable --now webscale.socket webscale.service 2>/dev/null || true
+    local unit
+    # One at a time: systemctl gives up on the whole list when one unit file is missing.
+    for unit in webscale.socket webscale.service; do
+        systemctl disable --now "$unit" 2>/dev/null || true
+    done
     rm -f "$UNIT_DIR/webscale.service" "$UNIT_DIR/webscale.socket" "$SYSCTL_FILE"
     systemctl daemon-reload
     rm -rf "$PREFIX"
@@ -74,11 +83,15 @@ uninstall_all() {
 
 ensure_python() {
     # Debian splits venv/ensurepip out of python3; without it `python3 -m venv` fails.
-    if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    [[ -x "$PYTHON" ]] || die "$PYTHON not found (apt-get install python3, or set PYTHON=)"
+    case "$(readlink -f "$PYTHON")" in
+        /root/*|/home/*) die "$PYTHON lives under /root or /home, which the service cannot see" ;;
+    esac
+    if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
         log "installing python3-venv"
         apt-get install -y python3-venv
     fi
-    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || die "webscale needs Python >= 3.11 (bookworm has 3.11)"
 }
 
@@ -91,9 +104,13 @@ ensure_user() {
 }
 
 install_venv() {
+    if [[ -x "$VENV/bin/python" && "$(readlink -f "$VENV/bin/python")" != "$(readlink -f "$PYTHON")" ]]; then
+        log "recreating $VENV: it was made with another Python"
+        rm -rf "$VENV"
+    fi
     if [[ ! -x "$VENV/bin/python" ]]; then
-        log "creating $VENV"
-        python3 -m venv "$VENV"
+        log "creating $VENV with $PYTHON"
+        "$PYTHON" -m venv "$VENV"
     fi
     log "installing webscale from $REPO"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
@@ -105,8 +122,13 @@ install_certs() {
     install -d -m 0750 -o root -g "$SERVICE_USER" "$CERT_DIR"
     if [[ -n "$cert" ]]; then
         log "installing the given certificate and key"
-        install -m 0644 -o root -g root "$cert" "$CERT_DIR/server.pem"
-        install -m 0640 -o root -g "$SERVICE_USER" "$key" "$CERT_DIR/server.key"
+        # `install` refuses to copy a file onto itself (re-running with the installed paths).
+        if [[ ! "$cert" -ef "$CERT_DIR/server.pem" ]]; then
+            install -m 0644 -o root -g root "$cert" "$CERT_DIR/server.pem"
+        fi
+        if [[ ! "$key" -ef "$CERT_DIR/server.key" ]]; then
+            install -m 0640 -o root -g "$SERVICE_USER" "$key" "$CERT_DIR/server.key"
+        fi
     elif [[ ! -s "$CERT_DIR/server.pem" || ! -s "$CERT_DIR/server.key" ]]; then
         log "generating a throwaway CA and server certificate in $CERT_DIR"
         local sans=()
