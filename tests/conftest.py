@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import ServerProcess, start_server
+from webscale.certs import ensure_certs
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA and server certificate, made the way scripts/gen_certs.py makes them."""
+    out = tmp_path_factory.mktemp("certs")
+    ensure_certs(out)
+    return out
+
+
+@pytest.fixture
+def server_factory(certs: Path, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start real server processes on 127.0.0.1:0; every one is stopped (by pid) afterwards."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        server = start_server(list(args), certs=certs, tmp_path=tmp_path, env=env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def webscale_server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    """A default TLS server (.url, .cafile, .stats())."""
+    return server_factory()

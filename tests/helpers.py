@@ -1,0 +1,131 @@
+"""Shared test utilities: deadlines scaled by one unit, a real server subprocess, TLS clients.
+
+Set WEBSCALE_TEST_UNIT (seconds, default 1.0) higher on slow machines; every deadline in the suite
+is a multiple of it (websockets' tests/utils.py does the same).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = float(os.environ.get("WEBSCALE_TEST_UNIT", "1.0"))
+
+
+def deadline(units: float) -> float:
+    return time.monotonic() + units * UNIT
+
+
+def wait_for(predicate: Callable[[], Any], units: float = 5.0, interval: float = 0.02,
+             what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `units` * UNIT seconds."""
+    end = deadline(units)
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {units * UNIT:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def client_ssl_context(cafile: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(cafile))
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    host: str
+    port: int
+    tls: bool
+    cafile: Path | None
+    stderr_path: Path
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}/"
+
+    def http_get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        if self.tls:
+            assert self.cafile is not None
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=timeout * UNIT,
+                context=client_ssl_context(self.cafile))
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout * UNIT)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def stats(self) -> dict[str, Any]:
+        status, body = self.http_get("/stats")
+        assert status == 200, body
+        return json.loads(body)  # type: ignore[no-any-return]
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, units: float = 15.0) -> int:
+        return self.proc.wait(timeout=units * UNIT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15 * UNIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def start_server(args: list[str], *, certs: Path | None, tmp_path: Path,
+                 env: dict[str, str] | None = None, module: str = "webscale") -> ServerProcess:
+    """Start `python -m webscale serve --port 0 ...` and wait for its 'listening on' line."""
+    tls = "--no-tls" not in args
+    argv = [sys.executable, "-m", module, "serve", "--host", "127.0.0.1", "--port", "0", *args]
+    if tls and certs is not None and "--cert" not in args:
+        argv += ["--cert", str(certs / "server.pem"), "--key", str(certs / "server.key")]
+    stderr_path = tmp_path / f"server-{len(list(tmp_path.glob('server-*.log')))}.log"
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"),
+                                              full_env.get("PYTHONPATH", "")])
+    full_env.update(env or {})
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                env=full_env, cwd=str(tmp_path))
+    assert proc.stdout is not None
+    end = deadline(20)
+    line = ""
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if line.startswith("listening on "):
+            break
+        if not line and proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {stderr_path.read_text()}")
+    else:
+        proc.kill()
+        raise AssertionError(f"server did not start: {stderr_path.read_text()}")
+    port = int(line.strip().rsplit(":", 1)[1])
+    return ServerProcess(proc, "127.0.0.1", port, tls, certs / "ca.pem" if certs else None,
+                         stderr_path, argv)

@@ -1,0 +1,44 @@
+"""Handlers the test servers load with --handler server_handlers:NAME (tests/ is on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import orjson
+
+from webscale.dispatch import ConnectionHandle
+from webscale.messages import Telemetry
+
+_log_lock = threading.Lock()
+
+
+def ack(handle: ConnectionHandle, message: Telemetry) -> None:
+    """Reply with the client id and seq, so a client can check order end to end."""
+    handle.send(orjson.dumps({"client_id": message.client_id, "seq": message.seq}).decode())
+
+
+def sleepy(handle: ConnectionHandle, message: Telemetry) -> None:
+    """client_id 0 stands for the slow database query: it blocks its pool thread for 3 s."""
+    if message.client_id == 0:
+        time.sleep(3.0)
+    handle.send(f"done {message.client_id}")
+
+
+def slow_logged(handle: ConnectionHandle, message: Telemetry) -> None:
+    """Takes a while and records each message it finished in $HANDLED_LOG (shutdown tests)."""
+    time.sleep(0.05)
+    with _log_lock, open(os.environ["HANDLED_LOG"], "a") as log:
+        log.write(f"{message.client_id} {message.seq}\n")
+
+
+def flood(handle: ConnectionHandle, message: object) -> None:
+    """Sends 64 MiB in 64 KiB messages, as a handler would to a client that never reads."""
+    chunk = b"x" * 65536
+    for _ in range(1024):
+        handle.send(chunk)
+
+
+def crash(handle: ConnectionHandle, message: object) -> None:
+    raise RuntimeError("handler bug")
