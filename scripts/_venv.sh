@@ -1,0 +1,17 @@
+# Sourced by scripts/run and scripts/test: make .venv and install webscale (+ extras) into it.
+# Re-installs only when pyproject.toml changed since the last install.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+VENV="$ROOT/.venv"
+ensure_venv() {
+    local extras="$1" stamp="$VENV/.installed-$1"
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -m venv "$VENV"
+    fi
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extras]"
+        touch "$stamp"
+    fi
+}
