@@ -92,6 +92,9 @@ class TwinServer:
             response = connection.respond(http.HTTPStatus.OK, "")
             body = orjson.dumps(self.stats())
             response.body = body
+            # Headers is a multi-dict: assigning appends, so drop respond()'s values first
+            del response.headers["Content-Type"]
+            del response.headers["Content-Length"]
             response.headers["Content-Type"] = "application/json"
             response.headers["Content-Length"] = str(len(body))
             return response

@@ -1,0 +1,416 @@
+"""bench_client: the sans-I/O pieces on literal bytes, then whole runs against real servers.
+
+The integration tests start the asyncio twin (and webscale, once `webscale serve` exists) as
+subprocesses on 127.0.0.1 port 0, read the port from the `listening on` line, run bench_client as
+a subprocess with `--json`, and check its report against the server's own /stats counters.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import selectors
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bench_client.config import BenchConfig, parse_source_addrs, split_plans, worker_count
+from bench_client.errors import ConfigError, FrameError, HandshakeError
+from bench_client.payload import (
+    MessageTemplate,
+    apply_mask,
+    apply_mask_python,
+    decode_telemetry,
+)
+from bench_client.protocol import (
+    OPCODE_CLOSE,
+    OPCODE_PING,
+    ClientHandshake,
+    FrameReader,
+    accept_token,
+    encode_close,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+UNIT = float(os.environ.get("WEBSCALE_TEST_TIMEOUT_SCALE", "1"))  # scales every deadline below
+
+
+# -- payload ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [256, 1000, 10_240, 65_536])
+def test_template_is_exactly_the_requested_size_and_decodes(size: int) -> None:
+    template = MessageTemplate(size)
+    document = bytes(template.render(client_id=42, seq=7, sent_at=1_700_000_000.25))
+    assert len(document) == size
+    telemetry = decode_telemetry(document)
+    assert (telemetry.client_id, telemetry.seq, telemetry.sent_at) == (42, 7, 1_700_000_000.25)
+    assert len(telemetry.readings) == template.readings_count > 0
+    reading = telemetry.readings[0]
+    assert isinstance(reading.value, float) and isinstance(reading.ok, bool)
+    assert all(isinstance(tag, str) for tag in reading.tags)
+
+
+def test_patching_changes_only_the_fixed_fields() -> None:
+    template = MessageTemplate(2048)
+    first = bytes(template.render(1, 1, 1.0))
+    second = bytes(template.render(9_999_999_999, 123_456, 1_800_000_000.123456))
+    assert len(first) == len(second)
+    assert orjson.loads(second)["readings"] == orjson.loads(first)["readings"]
+    assert orjson.loads(second)["client_id"] == 9_999_999_999
+
+
+def test_write_frame_is_a_masked_text_frame_that_unmasks_to_the_document() -> None:
+    template = MessageTemplate(10_240)
+    out = bytearray()
+    written = template.write_frame(out, 3, 4, 5.5)
+    assert written == len(out) == 4 + 4 + 10_240
+    assert out[0] == 0x81  # FIN + text
+    assert out[1] == 0x80 | 126  # masked, 16-bit length
+    assert struct.unpack("!H", out[2:4])[0] == 10_240
+    mask = bytes(out[4:8])
+    document = apply_mask(bytes(out[8:]), mask)
+    assert decode_telemetry(document).seq == 4
+    second = bytearray()
+    template.write_frame(second, 3, 4, 5.5)
+    assert second[4:8] != out[4:8] or second[8:] != out[8:]  # a fresh key per frame
+
+
+def test_pure_python_mask_matches_the_c_one() -> None:
+    data = bytes(range(256)) * 5 + b"xyz"
+    mask = b"\x01\x80\xfe\x7f"
+    assert apply_mask_python(data, mask) == apply_mask(data, mask)
+    assert apply_mask_python(apply_mask_python(data, mask), mask) == data
+    assert apply_mask_python(b"", mask) == b""
+
+
+def test_decode_rejects_the_wrong_shape() -> None:
+    from bench_client.errors import PayloadError
+
+    with pytest.raises(PayloadError):
+        decode_telemetry(b'{"client_id": "1", "seq": 1, "sent_at": 1.0, "readings": []}')
+    with pytest.raises(PayloadError):
+        decode_telemetry(b'{"client_id": 1, "seq": 1, "sent_at": 1.0, "readings": [{}]}')
+    with pytest.raises(orjson.JSONDecodeError):
+        decode_telemetry(b"{not json")
+
+
+# -- protocol ---------------------------------------------------------------------------------
+
+
+def _response(key: bytes, status: str = "101 Switching Protocols") -> bytes:
+    return (f"HTTP/1.1 {status}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept_token(key).decode()}\r\n\r\n").encode()
+
+
+def test_accept_token_matches_rfc_6455_example() -> None:
+    # RFC 6455 §1.3
+    assert accept_token(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_handshake_request_and_response_one_byte_at_a_time() -> None:
+    handshake = ClientHandshake("127.0.0.1", 8443, "/feed", default_port=443)
+    assert handshake.request.startswith(b"GET /feed HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n")
+    assert b"Sec-WebSocket-Key: " + handshake.key + b"\r\n" in handshake.request
+    data = _response(handshake.key) + b"\x89\x00"  # a ping right behind the head
+    results = [handshake.receive(data[i : i + 1]) for i in range(len(data) - 2)]
+    assert results[:-1] == [None] * (len(results) - 1)
+    assert results[-1] == b""
+    handshake = ClientHandshake("localhost", 443, "/", default_port=443)
+    assert b"Host: localhost\r\n" in handshake.request
+    assert handshake.receive(_response(handshake.key) + b"\x89\x00") == b"\x89\x00"
+
+
+@pytest.mark.parametrize("response, reason", [
+    (b"HTTP/1.1 426 Upgrade Required\r\n\r\n", "status 426"),
+    (b"garbage\r\n\r\n", "malformed status line"),
+    (b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+     b"Sec-WebSocket-Accept: AAAA\r\n\r\n", "wrong Sec-WebSocket-Accept"),
+])
+def test_handshake_rejects_bad_responses(response: bytes, reason: str) -> None:
+    handshake = ClientHandshake("h", 80, "/", default_port=80)
+    with pytest.raises(HandshakeError, match=reason):
+        handshake.receive(response)
+
+
+def test_frame_reader_split_byte_by_byte() -> None:
+    text = b"\x81\x05hello"
+    long_text = b"\x81\x7e" + struct.pack("!H", 300) + b"a" * 300
+    fragmented = b"\x01\x02ab\x80\x01c"  # one message in two frames
+    ping = b"\x89\x04ping"
+    close = b"\x88\x02" + struct.pack("!H", 1000)
+    stream = text + long_text + fragmented + ping + close
+    reader = FrameReader()
+    controls = []
+    for i in range(len(stream)):
+        controls += reader.receive(stream[i : i + 1])
+    assert reader.messages_received == 3
+    assert [(c.opcode, c.payload) for c in controls] == [
+        (OPCODE_PING, b"ping"), (OPCODE_CLOSE, struct.pack("!H", 1000))]
+
+
+def test_frame_reader_rejects_reserved_opcodes_and_long_control_frames() -> None:
+    with pytest.raises(FrameError):
+        FrameReader().receive(b"\x83\x00")
+    with pytest.raises(FrameError):
+        FrameReader().receive(b"\x89\x7e\x00\x80" + b"x" * 128)
+
+
+def test_close_frame_is_masked_with_code() -> None:
+    frame = encode_close(1000)
+    assert frame[0] == 0x88 and frame[1] == 0x80 | 2
+    assert apply_mask(frame[6:], frame[2:6]) == struct.pack("!H", 1000)
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def test_source_addrs_ranges_and_lists() -> None:
+    assert parse_source_addrs("127.0.0.1-127.0.0.3") == ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+    assert parse_source_addrs("127.0.0.5,127.0.0.9") == ("127.0.0.5", "127.0.0.9")
+    with pytest.raises(ConfigError):
+        parse_source_addrs("127.0.0.9-127.0.0.1")
+
+
+def test_worker_split_covers_every_client_once() -> None:
+    config = BenchConfig(url="wss://127.0.0.1:1/", clients=45_001, procs=0,
+                         source_addrs=parse_source_addrs("127.0.0.1-127.0.0.16"))
+    workers = worker_count(config, file_limit=20_000)
+    assert workers >= 3  # 19,000 sockets per process at most
+    plans = split_plans(config, workers, ("127.0.0.1", 1))
+    assert sum(p.clients for p in plans) == 45_001
+    assert max(p.clients for p in plans) <= 19_000
+    ids = [p.first_client_id + i for p in plans for i in range(p.clients)]
+    assert ids == list(range(45_001))
+    assert set().union(*(p.source_addrs for p in plans)) == set(config.source_addrs)
+    assert sum(p.ramp for p in plans) == pytest.approx(config.ramp)
+
+
+def test_bad_urls_are_config_errors() -> None:
+    with pytest.raises(ConfigError):
+        BenchConfig(url="http://127.0.0.1/")
+    with pytest.raises(ConfigError):
+        BenchConfig(url="wss://127.0.0.1:1/", clients=0)
+
+
+# -- real servers -----------------------------------------------------------------------------
+
+
+class ServerProcess:
+    """A server subprocess that announces `listening on wss://HOST:PORT` on stdout."""
+
+    def __init__(self, argv: list[str], cafile: Path, tls: bool = True) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        self.cafile = cafile
+        self.tls = tls
+        self.process = subprocess.Popen(
+            [sys.executable, *argv], cwd=REPO, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        line = self._read_line(deadline=time.monotonic() + 15 * UNIT)
+        scheme, _, address = line.partition("://")
+        assert scheme in ("listening on ws", "listening on wss"), line
+        host, _, port = address.rstrip("/").rpartition(":")
+        self.host, self.port = host, int(port)
+        self.url = f"{'wss' if tls else 'ws'}://{self.host}:{self.port}/"
+
+    def _read_line(self, deadline: float) -> str:
+        assert self.process.stdout is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self.process.stdout, selectors.EVENT_READ)
+        buffered = b""
+        try:
+            while b"\n" not in buffered:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.process.poll() is not None:
+                    self.stop()
+                    stderr = self.process.stderr.read().decode() if self.process.stderr else ""
+                    raise AssertionError(f"server did not announce itself: {buffered!r} {stderr}")
+                if selector.select(remaining):
+                    chunk = os.read(self.process.stdout.fileno(), 4096)
+                    buffered += chunk
+        finally:
+            selector.close()
+        return buffered.split(b"\n", 1)[0].decode().strip()
+
+    def stats(self) -> dict[str, Any]:
+        if self.tls:
+            context = ssl.create_default_context(cafile=str(self.cafile))
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                self.host, self.port, context=context, timeout=5 * UNIT)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=5 * UNIT)
+        try:
+            conn.request("GET", "/stats")
+            response = conn.getresponse()
+            assert response.status == 200
+            result: dict[str, Any] = json.loads(response.read())
+            return result
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # by pid: only the process this helper started
+            try:
+                self.process.wait(10 * UNIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5 * UNIT)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("certs")
+    subprocess.run([sys.executable, str(REPO / "scripts" / "gen_certs.py"), "--out", str(out)],
+                   check=True, capture_output=True, timeout=30 * UNIT)
+    return out
+
+
+def _start(argv: list[str], certs: Path, tls: bool = True) -> Iterator[ServerProcess]:
+    extra = ["--cert", str(certs / "server.pem"), "--key", str(certs / "server.key")]
+    server = ServerProcess([*argv, "--host", "127.0.0.1", "--port", "0",
+                            *(extra if tls else ["--no-tls"])], certs / "ca.pem", tls)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def twin(certs: Path) -> Iterator[ServerProcess]:
+    yield from _start(["-m", "bench_client.asyncio_twin"], certs)
+
+
+def _webscale_can_serve() -> bool:
+    try:
+        from webscale import cli  # noqa: F401
+    except Exception:
+        return False
+    result = subprocess.run([sys.executable, "-m", "webscale", "serve", "--help"], cwd=REPO,
+                            capture_output=True, timeout=30 * UNIT,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return result.returncode == 0
+
+
+@pytest.fixture
+def webscale(certs: Path) -> Iterator[ServerProcess]:
+    if not _webscale_can_serve():
+        pytest.skip("webscale has no `serve` command yet")
+    yield from _start(["-m", "webscale", "serve"], certs)
+
+
+def run_bench(tmp_path: Path, *args: str, timeout: float = 30.0) -> tuple[int, dict[str, Any], str]:
+    report_path = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench_client", "--quiet", "--json", str(report_path), *args],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+        timeout=timeout * UNIT,
+    )
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    return result.returncode, report, result.stdout + result.stderr
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout * UNIT
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _check_200_clients(server: ServerProcess, tmp_path: Path) -> None:
+    before = server.stats()
+    rc, report, output = run_bench(
+        tmp_path, "--url", server.url, "--cafile", str(server.cafile), "--clients", "200",
+        "--rate", "1", "--duration", "3", "--ping-sample", "5", "--procs", "2")
+    assert rc == 0, output
+    conns = report["connections"]
+    assert conns["established"] == conns["attempted"] == 200, output
+    assert conns["failed"] == conns["dropped"] == 0, conns["failed_by_reason"]
+    assert conns["closed_clean"] == 200
+    written = report["messages"]["written"]
+    assert written == report["messages"]["scheduled"]
+    assert written >= 200 * 3  # every client sends once a second for the 3 s of steady state
+    assert report["ping_rtt_s"]["count"] > 0
+    assert report["send_lateness_s"]["count"] == written
+
+    def decoded_all() -> bool:
+        stats = server.stats()
+        return stats["messages_decoded"] - before["messages_decoded"] >= written
+
+    wait_for(decoded_all, 10, "the server to decode every message written")
+    after = server.stats()
+    assert after["messages_decoded"] - before["messages_decoded"] == written
+    assert after["messages_received"] - before["messages_received"] == written
+    assert after["decode_errors"] == before["decode_errors"] == 0
+    # >=: a server may count its plain-HTTP /stats connections too (webscale does)
+    assert after["connections_total"] - before["connections_total"] >= 200
+    wait_for(lambda: server.stats()["connections_open"] == 0, 10, "every connection to close")
+
+
+def test_200_clients_against_the_asyncio_twin(twin: ServerProcess, tmp_path: Path) -> None:
+    _check_200_clients(twin, tmp_path)
+
+
+def test_200_clients_against_webscale(webscale: ServerProcess, tmp_path: Path) -> None:
+    _check_200_clients(webscale, tmp_path)
+
+
+def test_plain_ws_against_the_twin(certs: Path, tmp_path: Path) -> None:
+    for server in _start(["-m", "bench_client.asyncio_twin"], certs, tls=False):
+        rc, report, output = run_bench(tmp_path, "--url", server.url, "--clients", "20",
+                                       "--rate", "5", "--duration", "1", "--procs", "1")
+        assert rc == 0, output
+        assert report["connections"]["established"] == 20
+        written = report["messages"]["written"]
+        assert written >= 20 * 5
+        wait_for(lambda: server.stats()["messages_decoded"] == written, 10, "decode")
+
+
+def test_closed_port_fails_every_connection_quickly(tmp_path: Path) -> None:
+    # A bound socket that never listens: connects to it are refused, and no one else can take
+    # the port while the test runs.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        started = time.monotonic()
+        rc, report, output = run_bench(tmp_path, "--url", f"wss://127.0.0.1:{port}/",
+                                       "--insecure", "--clients", "50", "--duration", "30")
+        took = time.monotonic() - started
+    assert rc != 0
+    conns = report["connections"]
+    assert conns["established"] == 0
+    assert conns["failed"] == conns["attempted"] == 50
+    assert conns["failed_by_reason"] == {"connect: ECONNREFUSED": 50}
+    assert "connect: ECONNREFUSED" in output and "FAILED" in output
+    assert took < 10 * UNIT  # does not sit out --duration with nothing to measure
+
+
+def test_untrusted_certificate_is_a_tls_failure(twin: ServerProcess, tmp_path: Path) -> None:
+    rc, report, output = run_bench(tmp_path, "--url", twin.url, "--clients", "5",
+                                   "--duration", "1", "--procs", "1", "--max-failures", "4")
+    assert rc == 1, output
+    reasons = report["connections"]["failed_by_reason"]
+    assert list(reasons) == ["tls: unable to get local issuer certificate"], reasons
+    assert reasons["tls: unable to get local issuer certificate"] == 5
+
+
+def test_max_failures_allows_a_bounded_number(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        rc, report, _ = run_bench(tmp_path, "--url", f"ws://127.0.0.1:{port}/", "--clients", "3",
+                                  "--max-failures", "3", "--procs", "1")
+    assert rc == 0
+    assert report["connections"]["failed"] == 3 and report["ok"] is True
