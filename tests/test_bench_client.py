@@ -356,7 +356,8 @@ def _check_200_clients(server: ServerProcess, tmp_path: Path) -> None:
     assert after["decode_errors"] == before["decode_errors"] == 0
     # >=: a server may count its plain-HTTP /stats connections too (webscale does)
     assert after["connections_total"] - before["connections_total"] >= 200
-    wait_for(lambda: server.stats()["connections_open"] == 0, 10, "every connection to close")
+    # <= 1: a server may count the /stats request's own connection as open (webscale does)
+    wait_for(lambda: server.stats()["connections_open"] <= 1, 10, "every connection to close")
 
 
 def test_200_clients_against_the_asyncio_twin(twin: ServerProcess, tmp_path: Path) -> None:
