@@ -111,6 +111,10 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
             500: "Internal Server Error", 503: "Service Unavailable"}
 
 
+# What the peer reads in our close frame when it broke the protocol (RFC 6455 §7.4.1).
+_CLOSE_REASONS = {1002: "protocol error", 1007: "invalid message data", 1009: "message too big"}
+
+
 def _is_upgrade(request: h11.Request) -> bool:
     for name, value in request.headers:
         if name == b"upgrade" and value.lower() == b"websocket":
@@ -207,6 +211,10 @@ class ServerProtocol:
         return self._upgrade(target)
 
     def _upgrade(self, target: str) -> list[Event]:
+        assert self._h11 is not None
+        # Bytes the client sent after its request head (frames it did not wait to send).
+        # wsproto's server handshake drops them, so they are fed in after the accept.
+        trailing = bytes(self._h11.trailing_data[0])
         ws = WSConnection(ConnectionType.SERVER)
         try:
             ws.receive_data(bytes(self._head))
@@ -225,7 +233,9 @@ class ServerProtocol:
         self._h11 = None
         self._head = bytearray()
         self._move(Phase.OPEN, "upgrade accepted")
-        # Frames the client pipelined behind its request are already inside wsproto.
+        if not trailing:
+            return [Upgraded(target)]
+        ws.receive_data(trailing)
         return [Upgraded(target), *self._drain_ws_events()]
 
     def _refuse(self, status: int, reason: str) -> HandshakeFailed:
@@ -301,7 +311,9 @@ class ServerProtocol:
         # Still OPEN/LOCAL_CLOSING: wsproto found a protocol violation (ParseFailed) and reports
         # the code to fail the connection with (1002, 1007, ...). Send it and drop TCP.
         if state is WsState.OPEN:
-            self._out.append(ws.send(CloseConnection(event.code, event.reason)))
+            # wsproto's reason is a parser message; the peer gets a fixed phrase instead.
+            reason = _CLOSE_REASONS.get(event.code, "")
+            self._out.append(ws.send(CloseConnection(event.code, reason)))
         self._close_code = self._close_code or event.code
         self._move(Phase.CLOSED, f"protocol error {event.code}")
         return Closed(event.code, event.reason or "", False)

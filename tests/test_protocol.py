@@ -1,0 +1,279 @@
+"""ServerProtocol without sockets: literal bytes in, exact events and bytes out.
+
+Every scenario runs twice: the input whole, and split one byte at a time (h11's and wsproto's
+test habit), since TCP may deliver any split.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+
+import pytest
+
+from webscale.protocol import (
+    Closed,
+    Event,
+    HandshakeFailed,
+    HttpRequest,
+    MessageReceived,
+    Phase,
+    PongReceived,
+    ProtocolLimits,
+    ServerProtocol,
+    Upgraded,
+)
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3's example key
+ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # ... and its accept value
+
+UPGRADE = (b"GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY + b"\r\n"
+           b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+def masked_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
+                 mask: bytes = b"\x37\xfa\x21\x3d") -> bytes:
+    """A client frame per RFC 6455 §5.2 (clients must mask, §5.3)."""
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    length = len(payload)
+    if length < 126:
+        head = struct.pack("!BB", first, 0x80 | length)
+    elif length < 65536:
+        head = struct.pack("!BBH", first, 0x80 | 126, length)
+    else:
+        head = struct.pack("!BBQ", first, 0x80 | 127, length)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + masked
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    """What the server must send: unmasked, FIN set."""
+    assert len(payload) < 126
+    return bytes([0x80 | opcode, len(payload)]) + payload
+
+
+def feed(proto: ServerProtocol, data: bytes, split: bool) -> list[Event]:
+    events: list[Event] = []
+    chunks = [data[i:i + 1] for i in range(len(data))] if split else [data]
+    for chunk in chunks:
+        events += proto.receive_data(chunk)
+    return events
+
+
+def opened(limits: ProtocolLimits | None = None) -> ServerProtocol:
+    proto = ServerProtocol(limits or ProtocolLimits())
+    events = proto.receive_data(UPGRADE)
+    assert events == [Upgraded("/chat")]
+    proto.data_to_send()
+    return proto
+
+
+both = pytest.mark.parametrize("split", [False, True], ids=["whole", "bytewise"])
+
+
+@both
+def test_upgrade_answers_101_with_the_rfc_accept_value(split: bool) -> None:
+    proto = ServerProtocol(ProtocolLimits())
+    assert feed(proto, UPGRADE, split) == [Upgraded("/chat")]
+    response = proto.data_to_send()
+    assert response.startswith(b"HTTP/1.1 101 ")
+    assert b"\r\nsec-websocket-accept: " + ACCEPT + b"\r\n" in response.lower().replace(
+        ACCEPT.lower(), ACCEPT)
+    assert proto.phase is Phase.OPEN
+
+
+def test_accept_value_matches_rfc_formula() -> None:
+    expected = base64.b64encode(hashlib.sha1(KEY + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+                                .digest())
+    assert expected == ACCEPT
+
+
+@both
+def test_text_message(split: bool) -> None:
+    proto = opened()
+    assert feed(proto, masked_frame(0x1, b"hello"), split) == [MessageReceived("hello")]
+    assert proto.data_to_send() == b""
+
+
+@both
+def test_binary_message(split: bool) -> None:
+    proto = opened()
+    assert feed(proto, masked_frame(0x2, b"\x00\xff"), split) == [MessageReceived(b"\x00\xff")]
+
+
+@both
+def test_fragmented_message_is_reassembled(split: bool) -> None:
+    proto = opened()
+    data = (masked_frame(0x1, b"Hel", fin=False) + masked_frame(0x9, b"p") +
+            masked_frame(0x0, b"lo ", fin=False) + masked_frame(0x0, b"world"))
+    assert feed(proto, data, split) == [MessageReceived("Hello world")]
+    # The ping in the middle of the fragments was answered with a pong carrying its payload.
+    assert proto.data_to_send() == server_frame(0xA, b"p")
+
+
+@both
+def test_ping_is_answered_with_pong(split: bool) -> None:
+    proto = opened()
+    assert feed(proto, masked_frame(0x9, b"abc"), split) == []
+    assert proto.data_to_send() == server_frame(0xA, b"abc")
+
+
+def test_pong_surfaces_for_keepalive() -> None:
+    proto = opened()
+    assert proto.send_ping(b"\x00\x00\x00\x01")
+    assert proto.data_to_send() == server_frame(0x9, b"\x00\x00\x00\x01")
+    assert proto.receive_data(masked_frame(0xA, b"\x00\x00\x00\x01")) == [
+        PongReceived(b"\x00\x00\x00\x01")]
+
+
+@both
+def test_peer_close_is_echoed_and_closes(split: bool) -> None:
+    proto = opened()
+    events = feed(proto, masked_frame(0x8, struct.pack("!H", 1000) + b"bye"), split)
+    assert events == [Closed(1000, "bye", True)]
+    # The code is echoed (RFC 6455 §5.5.1); wsproto echoes the reason too.
+    assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1000) + b"bye")
+    assert proto.transport_should_close
+
+
+@both
+def test_message_over_limit_closes_1009(split: bool) -> None:
+    proto = opened(ProtocolLimits(max_message_size=10))
+    assert feed(proto, masked_frame(0x1, b"x" * 11), split) == []
+    assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1009) + b"message too big")
+    assert proto.phase is Phase.CLOSING
+    assert proto.local_close_code == 1009
+    # The peer's close reply completes the handshake.
+    assert proto.receive_data(masked_frame(0x8, struct.pack("!H", 1009))) == [
+        Closed(1009, "", False)]
+    assert proto.transport_should_close
+
+
+@both
+def test_fragments_over_limit_close_1009(split: bool) -> None:
+    proto = opened(ProtocolLimits(max_message_size=10))
+    data = masked_frame(0x1, b"x" * 6, fin=False) + masked_frame(0x0, b"y" * 6)
+    assert feed(proto, data, split) == []
+    assert proto.local_close_code == 1009
+
+
+def test_invalid_utf8_closes_1007() -> None:
+    proto = opened()
+    events = proto.receive_data(masked_frame(0x1, b"\xff\xfe"))
+    assert [type(e) for e in events] == [Closed]
+    assert events[0].code == 1007  # type: ignore[union-attr]
+    assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1007) +
+                                                b"invalid message data")
+    assert proto.transport_should_close
+
+
+@pytest.mark.parametrize("frame", [masked_frame(0x3, b"x"), masked_frame(0x1, b"x", rsv=4)],
+                         ids=["reserved-opcode", "rsv1-without-extension"])
+def test_protocol_violations_close_1002(frame: bytes) -> None:
+    proto = opened()
+    events = proto.receive_data(frame)
+    assert [(type(e), e.code) for e in events] == [(Closed, 1002)]  # type: ignore[union-attr]
+    assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1002) + b"protocol error")
+    assert proto.transport_should_close
+
+
+def test_invalid_close_code_is_answered_1002() -> None:
+    # RFC 6455 §7.4: 1005 must never appear on the wire; 999 is not a valid code.
+    for code in (999, 1005, 1006, 1015, 5000):
+        proto = opened()
+        events = proto.receive_data(masked_frame(0x8, struct.pack("!H", code)))
+        assert [(type(e), e.code) for e in events] == [(Closed, 1002)], code  # type: ignore[union-attr]
+        assert proto.data_to_send() == server_frame(
+            0x8, struct.pack("!H", 1002) + b"protocol error"), code
+
+
+def test_unmasked_client_frame_closes_1002() -> None:
+    proto = opened()
+    events = proto.receive_data(server_frame(0x1, b"x"))
+    assert [(type(e), e.code) for e in events] == [(Closed, 1002)]  # type: ignore[union-attr]
+
+
+@both
+def test_plain_http_request_surfaces(split: bool) -> None:
+    proto = ServerProtocol(ProtocolLimits())
+    events = feed(proto, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", split)
+    assert events == [HttpRequest("GET", "/healthz")]
+    proto.respond_http(200, b"ok\n")
+    out = proto.data_to_send()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n")
+    assert out.endswith(b"\r\n\r\nok\n")
+    assert proto.transport_should_close
+
+
+def test_request_head_over_limit_gets_431() -> None:
+    proto = ServerProtocol(ProtocolLimits(max_header_bytes=1024))
+    events = proto.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2000)
+    assert [(type(e), e.status) for e in events] == [(HandshakeFailed, 431)]  # type: ignore[union-attr]
+    assert proto.data_to_send().startswith(b"HTTP/1.1 431 ")
+    assert proto.transport_should_close
+
+
+def test_too_many_headers_gets_431() -> None:
+    proto = ServerProtocol(ProtocolLimits(max_headers=5))
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(10)) + b"\r\n"
+    events = proto.receive_data(head)
+    assert [(type(e), e.status) for e in events] == [(HandshakeFailed, 431)]  # type: ignore[union-attr]
+
+
+def test_malformed_request_gets_400() -> None:
+    proto = ServerProtocol(ProtocolLimits())
+    events = proto.receive_data(b"\x16\x03\x01 not http\r\n\r\n")
+    assert [(type(e), e.status) for e in events] == [(HandshakeFailed, 400)]  # type: ignore[union-attr]
+    assert proto.data_to_send().startswith(b"HTTP/1.1 400 ")
+
+
+def test_upgrade_without_key_gets_400() -> None:
+    proto = ServerProtocol(ProtocolLimits())
+    bad = UPGRADE.replace(b"Sec-WebSocket-Key: " + KEY + b"\r\n", b"")
+    events = proto.receive_data(bad)
+    assert [(type(e), e.status) for e in events] == [(HandshakeFailed, 400)]  # type: ignore[union-attr]
+
+
+def test_refuse_status_answers_503_before_upgrade() -> None:
+    proto = ServerProtocol(ProtocolLimits(), refuse_status=503)
+    events = proto.receive_data(UPGRADE)
+    assert [(type(e), e.status) for e in events] == [(HandshakeFailed, 503)]  # type: ignore[union-attr]
+    assert proto.data_to_send().startswith(b"HTTP/1.1 503 ")
+
+
+def test_frames_pipelined_behind_the_upgrade_are_delivered() -> None:
+    proto = ServerProtocol(ProtocolLimits())
+    events = proto.receive_data(UPGRADE + masked_frame(0x1, b"early"))
+    assert events == [Upgraded("/chat"), MessageReceived("early")]
+
+
+def test_end_of_stream_reports_1006() -> None:
+    proto = opened()
+    assert proto.receive_data(b"") == [Closed(1006, "", True)]
+    assert proto.transport_should_close
+
+
+def test_server_close_then_peer_reply() -> None:
+    proto = opened()
+    proto.close(1001, "going away")
+    assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1001) + b"going away")
+    assert not proto.send_message("late")  # nothing may follow a close frame
+    # A message the peer sent before it saw our close is still delivered (nothing is lost).
+    assert proto.receive_data(masked_frame(0x1, b"in flight")) == [MessageReceived("in flight")]
+    assert proto.receive_data(masked_frame(0x8, struct.pack("!H", 1001))) == [
+        Closed(1001, "", False)]
+
+
+def test_send_message_frames_text_and_binary() -> None:
+    proto = opened()
+    assert proto.send_message("hi") and proto.send_message(b"\x01")
+    assert proto.data_to_send() == server_frame(0x1, b"hi") + server_frame(0x2, b"\x01")
+
+
+def test_large_random_message_roundtrip() -> None:
+    proto = opened()
+    payload = os.urandom(70000)
+    assert proto.receive_data(masked_frame(0x2, payload)) == [MessageReceived(payload)]
