@@ -7,6 +7,12 @@ only record the signal (and `set_wakeup_fd` interrupts the wait), and the loop a
 SIGTERM/SIGINT begin a drain (stop accepting, close every WebSocket with 1001, let the pool
 finish what was received) bounded by --shutdown-timeout; a second SIGINT exits at once; SIGHUP
 reloads the certificate for new connections.
+
+The service manager hears about all of this through a `Notifier` (systemd.SystemdNotifier, a no-op
+without $NOTIFY_SOCKET): READY=1 once listening, STATUS= with connection counts from a loop timer,
+WATCHDOG=1 from another loop timer (so a hung loop stops feeding it), STOPPING=1 when a drain
+begins, RELOADING=1 then READY=1 around a SIGHUP. A worker under `webscale.supervisor` speaks the
+same protocol to its supervisor instead of systemd.
 """
 
 from __future__ import annotations
@@ -22,17 +28,18 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from . import tls
+from . import limits, tls
 from .config import Config
 from .connection import Connection, ConnState
 from .dispatch import Dispatcher, Handler, load_handler
 from .loop import EVENT_READ, EventLoop
 from .protocol import HttpRequest, ProtocolLimits
 from .stats import Stats
+from .systemd import SystemdNotifier, listen_fds
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +51,24 @@ _REFUSAL_HEADROOM = 256
 _ACCEPT_PAUSE = 0.5
 # Accepts per readiness event: enough to drain a burst, bounded so reads keep flowing.
 _ACCEPTS_PER_EVENT = 256
+# STATUS= every few seconds: `systemctl status` stays current without flooding PID 1.
+_STATUS_INTERVAL = 5.0
+
+
+class Notifier(Protocol):
+    """What the server tells its service manager (systemd.SystemdNotifier's calls)."""
+
+    def ready(self, status: str | None = None) -> bool: ...
+
+    def status(self, text: str) -> bool: ...
+
+    def stopping(self, status: str | None = None) -> bool: ...
+
+    def reloading(self) -> bool: ...
+
+    def watchdog(self) -> bool: ...
+
+    def watchdog_interval(self) -> float | None: ...
 
 
 class _Listener:
@@ -60,8 +85,14 @@ class _Listener:
 
 class Server:
     def __init__(self, config: Config, *, handler: Handler | None = None,
-                 listen_sockets: list[socket.socket] | None = None) -> None:
+                 listen_sockets: list[socket.socket] | None = None,
+                 notifier: Notifier | None = None, worker_id: int | None = None) -> None:
         self.config = config
+        self.notifier: Notifier = notifier if notifier is not None else SystemdNotifier()
+        # Set under a supervisor: shown in /stats and as a metrics label; the parent's pid is
+        # watched so a worker orphaned by a killed supervisor drains instead of living on.
+        self.worker_id = worker_id
+        self._parent_pid = os.getppid() if worker_id is not None else None
         self.loop = EventLoop()
         self.stats = Stats(started_at=time.time())
         self.protocol_limits = ProtocolLimits(
@@ -107,6 +138,11 @@ class Server:
             self._listeners.append(listener)
         logger.info("listening on %s (max %d connections, %d threads)", self.urls()[0],
                     self.max_connections, self.config.threads)
+        self.notifier.ready(self.status_text())
+        self.loop.call_later(_STATUS_INTERVAL, self._report_status)
+        interval = self.notifier.watchdog_interval()
+        if interval is not None:
+            self.loop.call_later(interval, self._feed_watchdog, interval)
 
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
@@ -130,6 +166,24 @@ class Server:
             host = f"[{host}]" if ":" in host else host
             out.append(f"{self.config.scheme}://{host}:{port}")
         return out
+
+    # -- service manager --------------------------------------------------------------------
+    def status_text(self) -> str:
+        websockets = sum(1 for c in self.connections.values() if c.state is ConnState.OPEN)
+        state = "draining; " if self.draining else ""
+        return (f"{state}{len(self.connections)} connections open ({websockets} WebSockets), "
+                f"{self.stats.connections_total} accepted")
+
+    def _report_status(self) -> None:
+        self.notifier.status(self.status_text())
+        self.loop.call_later(_STATUS_INTERVAL, self._report_status)
+
+    def _feed_watchdog(self, interval: float) -> None:
+        # A timer, not a thread: if the loop hangs, the pings stop and the manager restarts us.
+        self.notifier.watchdog()
+        if self._parent_pid is not None and os.getppid() != self._parent_pid:
+            self.begin_shutdown("supervisor exited")
+        self.loop.call_later(interval, self._feed_watchdog, interval)
 
     # -- accepting --------------------------------------------------------------------------
     def _accept(self, listen_sock: socket.socket) -> None:
@@ -214,7 +268,8 @@ class Server:
             conn.proto.respond_http(200, orjson.dumps(self.snapshot()),
                                     content_type=b"application/json")
         elif path == "/metrics":
-            conn.proto.respond_http(200, render_prometheus(self.snapshot()).encode(),
+            labels = f'worker="{self.worker_id}"' if self.worker_id is not None else ""
+            conn.proto.respond_http(200, render_prometheus(self.snapshot(), labels).encode(),
                                     content_type=b"text/plain; version=0.0.4; charset=utf-8")
         else:
             conn.proto.respond_http(426, b"this endpoint speaks WebSocket\n",
@@ -227,6 +282,7 @@ class Server:
         snap["uptime_seconds"] = time.time() - self.stats.started_at
         snap["max_connections"] = self.max_connections
         snap["pid"] = os.getpid()
+        snap["worker"] = self.worker_id
         return snap
 
     # -- running and stopping ---------------------------------------------------------------
@@ -255,7 +311,9 @@ class Server:
         pending, self._pending_signals = self._pending_signals, []
         for signum in pending:
             if signum == signal.SIGHUP:
+                self.notifier.reloading()
                 self.reload_certificate()
+                self.notifier.ready(self.status_text())
             elif signum == signal.SIGINT:
                 self._sigint_count += 1
                 if self._sigint_count >= 2:
@@ -286,6 +344,7 @@ class Server:
             return
         self.draining = True
         self._drain_deadline = self.loop.time() + self.config.shutdown_timeout
+        self.notifier.stopping(f"draining {len(self.connections)} connections")
         logger.info("%s: draining %d connections, %d messages in flight (deadline %.1fs)",
                     why, len(self.connections), self.dispatcher.in_flight_total,
                     self.config.shutdown_timeout)
@@ -334,7 +393,7 @@ class Server:
 
 
 def _default_max_connections() -> int:
-    """The open-files limit less a reserve for listeners, logs and the pool's own files."""
+    """The open-files limit (read after run() raised it) less limits.DEFAULT_RESERVE."""
     try:
         import resource
 
@@ -343,18 +402,36 @@ def _default_max_connections() -> int:
         return 1000
     if soft == resource.RLIM_INFINITY:
         return 100_000
-    return max(1, soft - 64)
+    return max(1, soft - limits.DEFAULT_RESERVE)
 
 
 def run(config: Config, *, handler: Handler | None = None,
-        listen_sockets: list[socket.socket] | None = None) -> int:
-    """Start a server on this (main) thread and serve until shutdown; the exit code."""
-    server = Server(config, handler=handler, listen_sockets=listen_sockets)
-    server.start()
+        listen_sockets: list[socket.socket] | None = None, worker_id: int | None = None,
+        announce: bool = True) -> int:
+    """Start a server on this (main) thread and serve until shutdown; the exit code.
+
+    Without `listen_sockets`, sockets passed by systemd ($LISTEN_FDS) are used when present,
+    else --host/--port is bound. `announce` prints the `listening on URL` line on stdout (a
+    supervisor prints it for its workers).
+    """
+    soft, _ = limits.raise_nofile_limit()
+    if listen_sockets is None:
+        listen_sockets = listen_fds()
+        if listen_sockets:
+            logger.info("socket activation: serving on %d passed socket(s), not binding %s:%d",
+                        len(listen_sockets), config.host, config.port)
+    server = Server(config, handler=handler, listen_sockets=listen_sockets or None,
+                    worker_id=worker_id)
+    warning = limits.check_connection_budget(server.max_connections, soft)
+    if warning:
+        logger.warning("%s", warning)
     if threading.current_thread() is threading.main_thread():
+        # Before start(): READY=1 invites a SIGTERM, which must find our handler in place.
         server.install_signal_handlers()
-    for url in server.urls():
-        print(f"listening on {url}", flush=True)
+    server.start()
+    if announce:
+        for url in server.urls():
+            print(f"listening on {url}", flush=True)
     code = server.serve_forever()
     sys.stdout.flush()
     return code
