@@ -165,6 +165,11 @@ class Runner:
                         phase = "steady"
                         steady_started_at = now
                         steady_written_start = totals["messages_written"] if totals else 0
+                        for pipe in live:
+                            try:
+                                pipe.send("steady")
+                            except OSError:
+                                pass
                 if phase == "steady":
                     assert steady_started_at is not None
                     nothing_open = totals is not None and totals["open"] == 0

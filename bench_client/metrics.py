@@ -42,7 +42,11 @@ class WorkerMetrics:
         self.pings_sent = 0
         self.pongs_received = 0
         self.failure_reasons: Counter[str] = Counter()
+        # `lateness` is where sends record; at the start of steady state the worker moves the
+        # ramp's samples to `lateness_ramp` and starts `lateness` afresh, so the headline
+        # numbers are not mixed with the (expected) lateness while the server handshakes
         self.lateness = LatencyHistogram()
+        self.lateness_ramp = LatencyHistogram()
         self.ping_rtt = LatencyHistogram()
         # monotonic clock, comparable across processes on Linux
         self.first_attempt_at: float | None = None
@@ -59,6 +63,7 @@ class WorkerMetrics:
         data: dict[str, Any] = {name: getattr(self, name) for name in COUNTER_NAMES}
         data["failure_reasons"] = dict(self.failure_reasons)
         data["lateness"] = self.lateness.to_dict()
+        data["lateness_ramp"] = self.lateness_ramp.to_dict()
         data["ping_rtt"] = self.ping_rtt.to_dict()
         data["first_attempt_at"] = self.first_attempt_at
         data["last_established_at"] = self.last_established_at
@@ -70,6 +75,7 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {name: 0 for name in COUNTER_NAMES}
     reasons: Counter[str] = Counter()
     lateness = LatencyHistogram()
+    lateness_ramp = LatencyHistogram()
     ping_rtt = LatencyHistogram()
     firsts: list[float] = []
     lasts: list[float] = []
@@ -78,6 +84,7 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
             merged[name] += snap[name]
         reasons.update(snap["failure_reasons"])
         lateness.merge(LatencyHistogram.from_dict(snap["lateness"]))
+        lateness_ramp.merge(LatencyHistogram.from_dict(snap["lateness_ramp"]))
         ping_rtt.merge(LatencyHistogram.from_dict(snap["ping_rtt"]))
         if snap["first_attempt_at"] is not None:
             firsts.append(snap["first_attempt_at"])
@@ -85,6 +92,7 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
             lasts.append(snap["last_established_at"])
     merged["failure_reasons"] = dict(reasons.most_common())
     merged["lateness"] = lateness
+    merged["lateness_ramp"] = lateness_ramp
     merged["ping_rtt"] = ping_rtt
     merged["first_attempt_at"] = min(firsts) if firsts else None
     merged["last_established_at"] = max(lasts) if lasts else None

@@ -106,7 +106,8 @@ def build_report(
             "written_per_s_steady": steady_written / steady
             if steady_written is not None and steady > 0 else None,
         },
-        "send_lateness_s": lateness.summary(),
+        "send_lateness_s": lateness.summary(),  # steady state only
+        "send_lateness_ramp_s": merged["lateness_ramp"].summary(),
         "ping_rtt_s": ping_rtt.summary(),
         "cpu": {
             "user_s": cpu["user_s"],
@@ -132,6 +133,7 @@ def render_table(report: dict[str, Any]) -> str:
     conns = report["connections"]
     msgs = report["messages"]
     late = report["send_lateness_s"]
+    ramp = report["send_lateness_ramp_s"]
     rtt = report["ping_rtt_s"]
     cpu = report["cpu"]
     cfg = report["config"]
@@ -154,7 +156,8 @@ def render_table(report: dict[str, Any]) -> str:
         ("messages/s in steady state", "-" if msgs["written_per_s_steady"] is None
          else f"{msgs['written_per_s_steady']:.0f}"),
         ("send lateness p50 / p99 / max",
-         f"{_ms(late['p50'])} / {_ms(late['p99'])} / {_ms(late['max'])}"),
+         f"{_ms(late['p50'])} / {_ms(late['p99'])} / {_ms(late['max'])}  (steady state)"),
+        ("  during the ramp", f"{_ms(ramp['p50'])} / {_ms(ramp['p99'])} / {_ms(ramp['max'])}"),
         ("ping RTT p50 / p99 / max (n=%d)" % rtt["count"],
          f"{_ms(rtt['p50'])} / {_ms(rtt['p99'])} / {_ms(rtt['max'])}"),
         ("client CPU user / system",

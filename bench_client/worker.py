@@ -24,6 +24,7 @@ from bench_client.connection import ClientConnection, Target
 from bench_client.loop import READ, EventLoop
 from bench_client.metrics import WorkerMetrics
 from bench_client.payload import MessageTemplate
+from bench_client.stats import LatencyHistogram
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class ParentPipe:
                 command = self.pipe.recv()
                 if command == "stop":
                     self.worker.stop_requested = True
+                elif command == "steady":
+                    self.worker.begin_steady_state()
         except (EOFError, OSError):
             self.worker.stop_requested = True  # the parent is gone: wind down by ourselves
             self.worker.loop.unregister(self.pipe.fileno())
@@ -120,6 +123,11 @@ class Worker:
         if not connection.opened:
             self.in_handshake -= 1
         self.connections.pop(connection.client_id, None)
+
+    def begin_steady_state(self) -> None:
+        """Keep what was recorded so far apart, as the ramp's lateness (see metrics.py)."""
+        self.metrics.lateness_ramp = self.metrics.lateness
+        self.metrics.lateness = LatencyHistogram()
 
     # -- reporting ----------------------------------------------------------------------------
 

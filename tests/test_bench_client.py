@@ -217,11 +217,15 @@ class ServerProcess:
             [sys.executable, *argv], cwd=REPO, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
-        line = self._read_line(deadline=time.monotonic() + 15 * UNIT)
-        scheme, _, address = line.partition("://")
-        assert scheme in ("listening on ws", "listening on wss"), line
-        host, _, port = address.rstrip("/").rpartition(":")
-        self.host, self.port = host, int(port)
+        try:
+            line = self._read_line(deadline=time.monotonic() + 15 * UNIT)
+            scheme, _, address = line.partition("://")
+            assert scheme in ("listening on ws", "listening on wss"), line
+            host, _, port = address.rstrip("/").rpartition(":")
+            self.host, self.port = host, int(port)
+        except BaseException:
+            self.stop()  # never leave a server behind
+            raise
         self.url = f"{'wss' if tls else 'ws'}://{self.host}:{self.port}/"
 
     def _read_line(self, deadline: float) -> str:
@@ -343,7 +347,9 @@ def _check_200_clients(server: ServerProcess, tmp_path: Path) -> None:
     assert written == report["messages"]["scheduled"]
     assert written >= 200 * 3  # every client sends once a second for the 3 s of steady state
     assert report["ping_rtt_s"]["count"] > 0
-    assert report["send_lateness_s"]["count"] == written
+    lateness_samples = report["send_lateness_s"]["count"] + report["send_lateness_ramp_s"]["count"]
+    assert lateness_samples == written
+    assert report["send_lateness_s"]["count"] >= 200 * 2  # steady state has its own numbers
 
     def decoded_all() -> bool:
         stats = server.stats()
