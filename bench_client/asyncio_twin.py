@@ -25,8 +25,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
-from websockets.asyncio.server import Request, Response, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from bench_client.errors import PayloadError
 from bench_client.payload import decode_telemetry
@@ -112,9 +113,9 @@ def make_tls_context(cert: str, key: str) -> ssl.SSLContext:
 async def serve_forever(args: argparse.Namespace) -> None:
     twin = TwinServer()
     tls = None if args.no_tls else make_tls_context(args.cert, args.key)
-    stop = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     async with serve(
         twin.handler,
         args.host,
@@ -129,7 +130,7 @@ async def serve_forever(args: argparse.Namespace) -> None:
     ) as server:
         host, port = next(iter(server.sockets)).getsockname()[:2]
         print(f"listening on {'ws' if tls is None else 'wss'}://{host}:{port}", flush=True)
-        await stop
+        await stop.wait()
         server.close(close_connections=True)
         await server.wait_closed()
 

@@ -19,7 +19,7 @@ import sys
 import time
 from multiprocessing.connection import Connection, wait
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from bench_client.config import (
     BenchConfig,
@@ -142,16 +142,17 @@ class Runner:
             phase = "ramp"
             live = dict(pipes)
             while live:
-                for pipe in wait(list(live), timeout=0.1):
+                for ready in wait(list(live), timeout=0.1):
+                    pipe = cast(Connection, ready)
                     try:
-                        message = pipe.recv()  # type: ignore[union-attr]
+                        message: dict[str, Any] = pipe.recv()
                     except (EOFError, OSError):
-                        del live[pipe]  # type: ignore[arg-type]
+                        del live[pipe]
                         continue
                     index = message["worker"]
                     if message["type"] == "final":
                         self.finals[index] = message
-                        del live[pipe]  # type: ignore[arg-type]
+                        del live[pipe]
                     else:
                         self.progress[index] = message
                 now = time.monotonic()

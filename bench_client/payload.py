@@ -22,11 +22,6 @@ import orjson
 
 from bench_client.errors import PayloadError
 
-try:  # the C version is ~50x faster than any pure-Python XOR on 10 KB
-    from websockets.speedups import apply_mask as _c_apply_mask
-except ImportError:  # pragma: no cover - websockets is a test extra, not a hard requirement
-    _c_apply_mask = None
-
 OPCODE_TEXT = 0x1
 
 # Field widths: 10 digits cover client ids and sequence numbers up to 9,999,999,999; unix time
@@ -49,7 +44,15 @@ def apply_mask_python(data: bytes | bytearray, mask: bytes) -> bytes:
     return value.to_bytes(length, "big")
 
 
-apply_mask: Callable[[bytes | bytearray, bytes], bytes] = _c_apply_mask or apply_mask_python
+def _c_apply_mask() -> Callable[[bytes | bytearray, bytes], bytes] | None:
+    try:  # the C version is ~50x faster than any pure-Python XOR on 10 KB
+        from websockets.speedups import apply_mask as c_apply_mask
+    except ImportError:  # pragma: no cover - websockets is a test extra, not a requirement
+        return None
+    return c_apply_mask
+
+
+apply_mask: Callable[[bytes | bytearray, bytes], bytes] = _c_apply_mask() or apply_mask_python
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +131,7 @@ def _sample_reading(index: int) -> dict[str, Any]:
         "value": round(20.0 + (index * 7919 % 1000) / 37.0, 3),
         "unit": units[index % len(units)],
         "ok": index % 13 != 0,
-        "tags": ["rack-%d" % (index % 8), "zone-%s" % "abcd"[index % 4]],
+        "tags": [f"rack-{index % 8}", f"zone-{'abcd'[index % 4]}"],
     }
 
 

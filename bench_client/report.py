@@ -138,8 +138,8 @@ def render_table(report: dict[str, Any]) -> str:
     cpu = report["cpu"]
     cfg = report["config"]
     rows: list[tuple[str, str]] = [
-        ("target", f"{cfg['url']}  clients={cfg['clients']} rate={cfg['rate']}/s "
-                   f"size={cfg['size']} procs={cfg['procs']}"),
+        ("target", (f"{cfg['url']}  clients={cfg['clients']} rate={cfg['rate']}/s "
+                    f"size={cfg['size']} procs={cfg['procs']}")),
         ("connections attempted", str(conns["attempted"])),
         ("connections established", f"{conns['established']} / {conns['target']}"),
         ("connections failed", str(conns["failed"])),
@@ -158,7 +158,7 @@ def render_table(report: dict[str, Any]) -> str:
         ("send lateness p50 / p99 / max",
          f"{_ms(late['p50'])} / {_ms(late['p99'])} / {_ms(late['max'])}  (steady state)"),
         ("  during the ramp", f"{_ms(ramp['p50'])} / {_ms(ramp['p99'])} / {_ms(ramp['max'])}"),
-        ("ping RTT p50 / p99 / max (n=%d)" % rtt["count"],
+        (f"ping RTT p50 / p99 / max (n={rtt['count']})",
          f"{_ms(rtt['p50'])} / {_ms(rtt['p99'])} / {_ms(rtt['max'])}"),
         ("client CPU user / system",
          f"{cpu['user_s']:.2f} s / {cpu['system_s']:.2f} s"

@@ -54,7 +54,7 @@ def bucket_bounds(index: int) -> tuple[int, int]:
 class LatencyHistogram:
     """Counts of durations in fixed buckets; see the module docstring for the error bound."""
 
-    __slots__ = ("counts", "count", "total_micros", "min_micros", "max_micros")
+    __slots__ = ("count", "counts", "max_micros", "min_micros", "total_micros")
 
     def __init__(self) -> None:
         self.counts: dict[int, int] = {}
@@ -70,8 +70,7 @@ class LatencyHistogram:
         counts[index] = counts.get(index, 0) + 1
         self.count += 1
         self.total_micros += micros
-        if micros > self.max_micros:
-            self.max_micros = micros
+        self.max_micros = max(self.max_micros, micros)
         if self.min_micros is None or micros < self.min_micros:
             self.min_micros = micros
 
