@@ -91,6 +91,9 @@ class EventLoop:
         # Called after each iteration with the time it took to get back to select(); the server
         # feeds it to the loop-lag histogram.
         self.on_iteration: Callable[[float], None] | None = None
+        # Called at the end of every iteration, before the loop waits again: where work
+        # gathered during the iteration is handed off in one go (dispatch.Dispatcher.flush).
+        self.before_wait: list[Callable[[], None]] = []
 
     # -- registration ------------------------------------------------------------------------
     def register(self, sock: socket.socket, events: int, handler: Handler) -> None:
@@ -161,6 +164,8 @@ class EventLoop:
                 handler.on_writable()
         self._run_queued()
         self._run_timers()
+        for callback in self.before_wait:
+            callback()
         self.iterations += 1
         if self.on_iteration is not None:
             self.on_iteration(time.monotonic() - started)
@@ -187,7 +192,7 @@ class EventLoop:
                 timer.callback(*timer.args)
         # Cancelled timers are dropped lazily; rebuild when they dominate the heap so that
         # reconnect storms do not grow it without bound.
-        if len(timers) > 1024 and self._cancelled_share() > 0.5:
+        if (self.iterations & 1023) == 0 and len(timers) > 1024 and self._cancelled_share() > 0.5:
             self._timers = [t for t in timers if not t.cancelled]
             heapq.heapify(self._timers)
 

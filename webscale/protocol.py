@@ -34,7 +34,10 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
+from . import fastmask
 from .errors import StateError
+
+fastmask.install()
 
 logger = logging.getLogger(__name__)
 

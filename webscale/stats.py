@@ -30,7 +30,7 @@ class Histogram:
     def bucket_index(self, value: float) -> int:
         return bisect.bisect_left(self.bounds, value)
 
-    def merge(self, counts: list[int], total: float) -> None:
+    def merge(self, counts: list[int] | tuple[int, ...], total: float) -> None:
         for i, n in enumerate(counts):
             self.counts[i] += n
         self.total += total

@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""Run `webscale serve` with the loop thread under cProfile; print the top functions at exit.
+
+    python benchmarks/profile_loop.py [serve flags...]     # then load it, then SIGTERM it
+
+The pool threads are not profiled (their work is decode + handler, measured on its own by
+benchmarks/decode_cost.py); this shows what the loop spends per message.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from webscale.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(main, ["serve", *sys.argv[1:]])
+    finally:
+        stats = pstats.Stats(profiler, stream=sys.stderr)
+        stats.sort_stats("tottime").print_stats(35)

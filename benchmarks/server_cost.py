@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Server CPU per message and memory under the workload, measured from outside the server.
+
+Starts a server (webscale, or the asyncio twin for comparison), drives it with bench_client
+(N clients, one ~10 KB JSON message per client per second by default), and once every client is
+connected measures over a steady-state window:
+  - server CPU (user+system from /proc for the server's whole process tree) per decoded message
+  - messages decoded per second (the server's own /stats) against messages sent
+  - server RSS (whole tree) and RSS per connection minus the idle baseline
+The numbers are printed and written as JSON. Linux only (/proc).
+
+    python benchmarks/server_cost.py --server webscale --clients 2000 --window 20
+    python benchmarks/server_cost.py --server twin --clients 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from webscale.certs import ensure_certs  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_pids(root: int) -> list[int]:
+    pids = [root]
+    for pid in pids:
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+                pids.extend(int(c) for c in children)
+        except OSError:
+            pass
+    return pids
+
+
+def tree_cpu_seconds(root: int) -> float:
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / TICK
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of the main (loop) thread and of all other threads of one process."""
+    out = {"loop": 0.0, "others": 0.0}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / TICK
+        out["loop" if int(task) == pid else "others"] += seconds
+    return out
+
+
+def tree_rss_bytes(root: int) -> int:
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        except OSError:
+            pass
+    return total
+
+
+def get_stats(port: int, ctx: ssl.SSLContext) -> dict:
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/stats", context=ctx, timeout=10) as r:
+        return json.load(r)
+
+
+def start_server(kind: str, certs: Path, extra: list[str],
+                 switch_interval: float | None = None) -> tuple[subprocess.Popen[str], int]:
+    module = "webscale" if kind == "webscale" else "bench_client.asyncio_twin"
+    argv = [sys.executable, "-m", module] + (["serve"] if kind == "webscale" else [])
+    if switch_interval is not None:
+        # Experiment knob: the GIL switch interval of the server process.
+        argv[1:3] = ["-c", f"import sys, runpy; sys.setswitchinterval({switch_interval}); "
+                     f"sys.argv[0] = {module!r}; runpy.run_module({module!r}, run_name='__main__')"]
+    argv += ["--host", "127.0.0.1", "--port", "0", "--cert", str(certs / "server.pem"),
+             "--key", str(certs / "server.key"), *extra]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("listening on"):
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return proc, int(line.strip().rsplit(":", 1)[1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--server", choices=["webscale", "twin"], default="webscale")
+    p.add_argument("--clients", type=int, default=2000)
+    p.add_argument("--rate", type=float, default=1.0)
+    p.add_argument("--size", type=int, default=10240)
+    p.add_argument("--window", type=float, default=20.0, help="seconds measured")
+    p.add_argument("--settle", type=float, default=3.0, help="seconds after connecting")
+    p.add_argument("--ramp", type=int, default=2000)
+    p.add_argument("--ping-sample", type=int, default=50)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--switch-interval", type=float, help="sys.setswitchinterval in the server")
+    p.add_argument("server_args", nargs="*", help="extra server flags (after --)")
+    args = p.parse_args()
+
+    certs = ensure_certs(ROOT / "certs")
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    proc, port = start_server(args.server, certs.ca_cert.parent, args.server_args,
+                              args.switch_interval)
+    bench = None
+    try:
+        time.sleep(0.5)
+        rss_idle = tree_rss_bytes(proc.pid)
+        duration = args.settle + args.window + 30 + args.clients / args.ramp
+        bench_json = Path(f"/tmp/server_cost_bench_{os.getpid()}.json")
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "bench_client", "--url", f"wss://127.0.0.1:{port}/",
+             "--cafile", str(certs.ca_cert), "--clients", str(args.clients), "--rate",
+             str(args.rate), "--size", str(args.size), "--duration", str(duration),
+             "--ramp", str(args.ramp), "--ping-sample", str(args.ping_sample), "--quiet",
+             "--json", str(bench_json)],
+            cwd=ROOT, stdout=subprocess.DEVNULL)
+        t_start = time.monotonic()
+        while get_stats(port, ctx)["connections_total"] < args.clients + 1:
+            if time.monotonic() - t_start > 120 or bench.poll() is not None:
+                raise SystemExit("clients did not all connect")
+            time.sleep(0.2)
+        connected_in = time.monotonic() - t_start
+        time.sleep(args.settle)
+        s0, c0, t0 = get_stats(port, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
+        th0 = thread_cpu_seconds(proc.pid)
+        rss_loaded = tree_rss_bytes(proc.pid)
+        time.sleep(args.window)
+        s1, c1, t1 = get_stats(port, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
+        th1 = thread_cpu_seconds(proc.pid)
+        decoded = s1["messages_decoded"] - s0["messages_decoded"]
+        received = s1["messages_received"] - s0["messages_received"]
+        elapsed = t1 - t0
+        result = {
+            "server": args.server, "clients": args.clients, "rate": args.rate,
+            "window_s": round(elapsed, 2), "connect_all_s": round(connected_in, 2),
+            "offered_msgs_per_s": args.clients * args.rate,
+            "decoded_msgs_per_s": round(decoded / elapsed, 1),
+            "received_msgs_per_s": round(received / elapsed, 1),
+            "server_cpu_percent": round(100 * (c1 - c0) / elapsed, 1),
+            "server_cpu_us_per_msg": round(1e6 * (c1 - c0) / max(decoded, 1), 1),
+            "main_thread_cpu_us_per_msg": round(1e6 * (th1["loop"] - th0["loop"])
+                                                / max(decoded, 1), 1),
+            "other_threads_cpu_us_per_msg": round(1e6 * (th1["others"] - th0["others"])
+                                                  / max(decoded, 1), 1),
+            "rss_idle_mb": round(rss_idle / 2**20, 1),
+            "rss_loaded_mb": round(rss_loaded / 2**20, 1),
+            "rss_per_conn_kb": round((rss_loaded - rss_idle) / args.clients / 1024, 1),
+            "in_flight_end": s1.get("in_flight"),
+        }
+    finally:
+        if bench is not None and bench.poll() is None:
+            bench.send_signal(signal.SIGINT)
+            try:
+                bench.wait(60)
+            except subprocess.TimeoutExpired:
+                bench.kill()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    try:
+        report = json.loads(bench_json.read_text())
+        result["bench"] = {k: report.get(k) for k in ("ping_rtt_ms", "send_lateness_ms",
+                                                      "connections")}
+        bench_json.unlink()
+    except (OSError, ValueError):
+        pass
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
