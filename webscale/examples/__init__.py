@@ -1,0 +1,1 @@
+"""Small handlers shipped with webscale, loadable with --handler webscale.examples.NAME:handle."""
