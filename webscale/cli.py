@@ -74,7 +74,8 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     add("--deflate-window-bits", type=int, default=d.deflate_window_bits,
         help="permessage-deflate window bits, 9-15 (default: %(default)s)")
     add("--workers", type=int, default=d.workers,
-        help="worker processes (default: %(default)s)")
+        help="worker processes, each with its own loop; above 1 a supervisor process starts "
+             "and restarts them (default: %(default)s)")
     add("--log-level", default=d.log_level,
         choices=["debug", "info", "warning", "error"], help="(default: %(default)s)")
 
@@ -98,13 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
     _add_serve_flags(serve)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     try:
         config = config_from_args(args)
         from .server import run
+        from .supervisor import run_supervisor, run_worker, worker_role_from_env
 
-        code = run(config)
+        role = worker_role_from_env()
+        if role is not None:
+            code = run_worker(config, role)
+        elif config.workers > 1:
+            code = run_supervisor(config, argv)
+        else:
+            code = run(config)
     except ConfigError as exc:
         print(f"webscale: {exc}", file=sys.stderr)
         return 2

@@ -71,6 +71,14 @@ class Notifier(Protocol):
     def watchdog_interval(self) -> float | None: ...
 
 
+class PeerStats(Protocol):
+    """Workers under a supervisor share snapshots so /metrics covers all of them."""
+
+    def publish(self, snapshot: dict[str, Any]) -> None: ...
+
+    def render_metrics(self, own_snapshot: dict[str, Any]) -> str: ...
+
+
 class _Listener:
     def __init__(self, server: Server, sock: socket.socket) -> None:
         self.server = server
@@ -86,13 +94,15 @@ class _Listener:
 class Server:
     def __init__(self, config: Config, *, handler: Handler | None = None,
                  listen_sockets: list[socket.socket] | None = None,
-                 notifier: Notifier | None = None, worker_id: int | None = None) -> None:
+                 notifier: Notifier | None = None, worker_id: int | None = None,
+                 peer_stats: PeerStats | None = None) -> None:
         self.config = config
         self.notifier: Notifier = notifier if notifier is not None else SystemdNotifier()
         # Set under a supervisor: shown in /stats and as a metrics label; the parent's pid is
         # watched so a worker orphaned by a killed supervisor drains instead of living on.
         self.worker_id = worker_id
         self._parent_pid = os.getppid() if worker_id is not None else None
+        self.peer_stats = peer_stats
         self.loop = EventLoop()
         self.stats = Stats(started_at=time.time())
         self.protocol_limits = ProtocolLimits(
@@ -143,6 +153,8 @@ class Server:
         interval = self.notifier.watchdog_interval()
         if interval is not None:
             self.loop.call_later(interval, self._feed_watchdog, interval)
+        if self.peer_stats is not None:
+            self._publish_stats()
 
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
@@ -184,6 +196,11 @@ class Server:
         if self._parent_pid is not None and os.getppid() != self._parent_pid:
             self.begin_shutdown("supervisor exited")
         self.loop.call_later(interval, self._feed_watchdog, interval)
+
+    def _publish_stats(self) -> None:
+        assert self.peer_stats is not None
+        self.peer_stats.publish(self.snapshot())
+        self.loop.call_later(1.0, self._publish_stats)
 
     # -- accepting --------------------------------------------------------------------------
     def _accept(self, listen_sock: socket.socket) -> None:
@@ -268,8 +285,11 @@ class Server:
             conn.proto.respond_http(200, orjson.dumps(self.snapshot()),
                                     content_type=b"application/json")
         elif path == "/metrics":
-            labels = f'worker="{self.worker_id}"' if self.worker_id is not None else ""
-            conn.proto.respond_http(200, render_prometheus(self.snapshot(), labels).encode(),
+            if self.peer_stats is not None:
+                text = self.peer_stats.render_metrics(self.snapshot())
+            else:
+                text = render_prometheus(self.snapshot())
+            conn.proto.respond_http(200, text.encode(),
                                     content_type=b"text/plain; version=0.0.4; charset=utf-8")
         else:
             conn.proto.respond_http(426, b"this endpoint speaks WebSocket\n",
@@ -407,7 +427,7 @@ def _default_max_connections() -> int:
 
 def run(config: Config, *, handler: Handler | None = None,
         listen_sockets: list[socket.socket] | None = None, worker_id: int | None = None,
-        announce: bool = True) -> int:
+        announce: bool = True, peer_stats: PeerStats | None = None) -> int:
     """Start a server on this (main) thread and serve until shutdown; the exit code.
 
     Without `listen_sockets`, sockets passed by systemd ($LISTEN_FDS) are used when present,
@@ -421,7 +441,7 @@ def run(config: Config, *, handler: Handler | None = None,
             logger.info("socket activation: serving on %d passed socket(s), not binding %s:%d",
                         len(listen_sockets), config.host, config.port)
     server = Server(config, handler=handler, listen_sockets=listen_sockets or None,
-                    worker_id=worker_id)
+                    worker_id=worker_id, peer_stats=peer_stats)
     warning = limits.check_connection_budget(server.max_connections, soft)
     if warning:
         logger.warning("%s", warning)

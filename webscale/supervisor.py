@@ -1,0 +1,543 @@
+"""Worker processes: `webscale serve --workers N` runs a supervisor and N worker processes.
+
+How this works: the supervisor binds the port once, so `--port 0` resolves to one port that all
+workers share and that stays reserved while a worker restarts. On Linux it binds without
+listening (a bound socket takes no connections) and every worker binds its own `SO_REUSEPORT`
+listener on that port, so the kernel spreads connections over the workers' loops; elsewhere, and
+when systemd passed sockets ($LISTEN_FDS, which the supervisor takes), the workers inherit the
+listening socket(s) and each accepts from them. Each worker is `python -m webscale <same
+arguments> --port PORT` started in its own session (a terminal's Ctrl-C reaches only the
+supervisor, which forwards it once), told its id and inherited fds through WEBSCALE_WORKER_*.
+
+Workers speak sd_notify to the supervisor exactly as a single process speaks it to systemd: each
+gets its own datagram socket as $NOTIFY_SOCKET and a $WATCHDOG_USEC, so its loop sends READY=1,
+STATUS=, STOPPING=1 and WATCHDOG=1 (every second, from a loop timer). The supervisor plays systemd
+for them and is the only process that talks to the real one:
+
+* READY=1 (and the single `listening on URL` line on stdout) once every worker is ready;
+* WATCHDOG=1 at half of $WATCHDOG_USEC from the supervisor's own loop, after checking that every
+  worker is alive and heartbeating or is being replaced. A worker whose heartbeats stop for
+  `_WORKER_HANG_SECONDS` (a hung loop) is killed with SIGKILL and restarted by the supervisor,
+  so one hung worker costs a restart of that worker, not of the service; a hung supervisor stops
+  feeding systemd, which restarts everything. (So `NotifyAccess=main` would do; `all` is harmless.)
+* STATUS= with every worker's connection counts; STOPPING=1 when a drain begins; RELOADING=1, the
+  SIGHUP forwarded to every worker, then READY=1 once each has reloaded its certificate.
+
+A worker that dies is restarted after a backoff that doubles from 0.1 s to 30 s while it keeps
+dying young. SIGTERM/SIGINT are forwarded and the supervisor exits once every worker has drained
+(0 if all exited cleanly) or kills the rest after --shutdown-timeout plus a margin. A worker
+that fails before it ever listened on the first start (a bad --handler, say) stops everything.
+
+/stats and /metrics with several workers: a request is answered by whichever worker accepted the
+connection. /stats shows that worker's counters with its `worker` id and `pid`. /metrics labels
+every series with `worker="i"` and shows all workers: each worker writes its snapshot to the
+supervisor's run-time directory once a second and renders the others' latest files next to its
+own live numbers (so the other workers' values may be up to a second old); sum over `worker` in
+PromQL for service totals. Nothing here uses asyncio: a `webscale.loop.EventLoop` drives the
+supervisor as it drives a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+
+from . import limits
+from .config import Config
+from .loop import EVENT_READ, EventLoop, Timer
+from .systemd import SystemdNotifier, listen_fds
+
+logger = logging.getLogger(__name__)
+
+WORKER_ID_ENV = "WEBSCALE_WORKER_ID"
+WORKER_FDS_ENV = "WEBSCALE_WORKER_FDS"
+WORKER_STATS_DIR_ENV = "WEBSCALE_WORKER_STATS_DIR"
+
+# A worker's loop sends WATCHDOG=1 every second (half of the WATCHDOG_USEC we give it).
+_HEARTBEAT_SECONDS = 1.0
+# A loop iteration takes well under a millisecond; ten missed heartbeats is a hung loop, not a
+# busy one. Below systemd's usual WatchdogSec=30 so the supervisor acts first.
+_WORKER_HANG_SECONDS = 10.0
+# From exec to listening: imports, certificate load and bind take well under a second.
+_WORKER_START_SECONDS = 30.0
+# Restart backoff: quick for a one-off crash, doubling to a ceiling for a crash loop; a worker
+# that lived this long before dying starts again from the first step.
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 30.0
+_STABLE_SECONDS = 30.0
+# Workers get --shutdown-timeout to drain; this much more to exit before they are killed.
+_DRAIN_MARGIN = 5.0
+_STATUS_INTERVAL = 5.0
+# Exit statuses that mean "stopped as asked": drained (0), or signalled before its handler was in.
+_CLEAN_EXITS = (0, -signal.SIGTERM, -signal.SIGINT)
+
+
+# -- the worker side -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """Who this process is when a supervisor started it."""
+
+    worker_id: int
+    listen_fds: tuple[int, ...]
+    stats_dir: Path | None
+
+
+def worker_role_from_env(environ: MutableMapping[str, str] | None = None) -> WorkerRole | None:
+    """The role a supervisor gave this process, or None; removes the variables it reads."""
+    env = os.environ if environ is None else environ
+    raw_id = env.pop(WORKER_ID_ENV, None)
+    raw_fds = env.pop(WORKER_FDS_ENV, "")
+    raw_dir = env.pop(WORKER_STATS_DIR_ENV, "")
+    if raw_id is None:
+        return None
+    fds = tuple(int(fd) for fd in raw_fds.split(",") if fd)
+    return WorkerRole(int(raw_id), fds, Path(raw_dir) if raw_dir else None)
+
+
+def run_worker(config: Config, role: WorkerRole) -> int:
+    """Serve as worker `role.worker_id`; the supervisor announces the URL, not us."""
+    from .server import run
+
+    sockets = [socket.socket(fileno=fd) for fd in role.listen_fds]
+    for sock in sockets:
+        os.set_inheritable(sock.fileno(), False)
+    # Without inherited sockets the server binds --host/--port itself with SO_REUSEPORT
+    # (server._bind sets it whenever --workers > 1).
+    return run(config, listen_sockets=sockets or None, worker_id=role.worker_id, announce=False,
+               peer_stats=_PeerStats(role) if role.stats_dir else None)
+
+
+class _PeerStats:
+    """Each worker's snapshot on disk, so any worker's /metrics can show all of them."""
+
+    def __init__(self, role: WorkerRole) -> None:
+        assert role.stats_dir is not None
+        self.directory = role.stats_dir
+        self.worker_id = role.worker_id
+
+    def publish(self, snapshot: dict[str, Any]) -> None:
+        # Write then rename: a reader sees the old file or the new one, never half of one.
+        path = self.directory / f"worker-{self.worker_id}.json"
+        partial = path.with_suffix(".tmp")
+        try:
+            partial.write_bytes(orjson.dumps(snapshot))
+            os.replace(partial, path)
+        except OSError as exc:
+            logger.debug("cannot publish stats to %s: %s", path, exc)
+
+    def others(self) -> list[tuple[int, dict[str, Any]]]:
+        out = []
+        for path in sorted(self.directory.glob("worker-*.json")):
+            worker_id = int(path.stem.rsplit("-", 1)[1])
+            if worker_id == self.worker_id:
+                continue
+            try:
+                out.append((worker_id, orjson.loads(path.read_bytes())))
+            except (OSError, orjson.JSONDecodeError):
+                continue  # that worker is restarting; its series reappear with it
+        return out
+
+    def render_metrics(self, own_snapshot: dict[str, Any]) -> str:
+        """Every worker's series, labelled worker="i", one block per metric family."""
+        from .metrics import render_prometheus
+
+        workers = sorted([(self.worker_id, own_snapshot), *self.others()], key=lambda w: w[0])
+        return _merge_families(render_prometheus(snapshot, f'worker="{worker_id}"')
+                               for worker_id, snapshot in workers)
+
+
+def _merge_families(texts: Iterable[str]) -> str:
+    """Concatenate exposition texts, keeping one HELP/TYPE per family with all its samples
+    together (a family split in two is an error for Prometheus' parser)."""
+    families: dict[str, list[str]] = {}
+    current: list[str] = []
+    for text in texts:
+        for line in text.splitlines():
+            if line.startswith("# HELP "):
+                name = line.split(" ", 3)[2]
+                current = families.setdefault(name, [line])
+            elif line.startswith("# TYPE "):
+                if len(current) == 1:
+                    current.append(line)
+            elif line:
+                current.append(line)
+    return "\n".join(line for lines in families.values() for line in lines) + "\n"
+
+
+# -- the supervisor --------------------------------------------------------------------------
+@dataclass(slots=True)
+class _WorkerSlot:
+    index: int
+    notify_sock: socket.socket
+    notify_path: str
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    ready: bool = False
+    last_heartbeat: float = 0.0
+    status: str = "starting"
+    quick_deaths: int = 0
+    restart_timer: Timer | None = None
+    reload_when_ready: bool = False
+    exit_codes: list[int] = field(default_factory=list)
+
+
+class _NotifyReader:
+    def __init__(self, supervisor: Supervisor, slot: _WorkerSlot) -> None:
+        self.supervisor = supervisor
+        self.slot = slot
+
+    def on_readable(self) -> None:
+        self.supervisor._read_notifications(self.slot)
+
+    def on_writable(self) -> None:  # pragma: no cover - never registered for writing
+        pass
+
+
+class Supervisor:
+    def __init__(self, config: Config, argv: list[str]) -> None:
+        self.config = config
+        # The command line we were started with ("serve ..."); workers get it back plus --port.
+        self.argv = argv
+        self.loop = EventLoop()
+        self.notifier = SystemdNotifier()
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="webscale-"))
+        self.slots: list[_WorkerSlot] = []
+        self.reserved: socket.socket | None = None  # Linux: bound, not listening
+        self.shared: list[socket.socket] = []  # otherwise: listening, inherited by workers
+        self.announced = False
+        self.draining = False
+        self.finished = False
+        self._pending_signals: list[int] = []
+        self._sigint_count = 0
+        self._awaiting_reload: set[int] = set()
+        self.exit_code = 0
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _bind(self) -> None:
+        activated = listen_fds()
+        if activated:
+            logger.info("socket activation: %d socket(s) shared by %d workers",
+                        len(activated), self.config.workers)
+            self.shared = activated
+            return
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reuseport = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((self.config.host, self.config.port))
+        if reuseport:
+            self.reserved = sock
+        else:
+            sock.listen(self.config.backlog)
+            self.shared = [sock]
+
+    def urls(self) -> list[str]:
+        out = []
+        for sock in ([self.reserved] if self.reserved else self.shared):
+            host, port = sock.getsockname()[:2]
+            host = f"[{host}]" if ":" in host else host
+            out.append(f"{self.config.scheme}://{host}:{port}")
+        return out
+
+    def _make_slot(self, index: int) -> _WorkerSlot:
+        path = str(self.runtime_dir / f"notify-{index}.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        sock.bind(path)
+        sock.setblocking(False)
+        slot = _WorkerSlot(index, sock, path)
+        self.loop.register(sock, EVENT_READ, _NotifyReader(self, slot))
+        return slot
+
+    def install_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self.loop.wakeup_fd, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._pending_signals.append(signum)
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self) -> int:
+        limits.raise_nofile_limit()
+        if self.config.tls and self.config.cert is None:
+            # Generate the first-start certificate here, once: workers doing it at the same
+            # moment could each write half of a pair.
+            from .certs import ensure_certs
+
+            ensure_certs(self.config.certs_dir)
+        try:
+            self._bind()
+            self.install_signal_handlers()
+            self.slots = [self._make_slot(i) for i in range(self.config.workers)]
+            for slot in self.slots:
+                self._spawn(slot)
+            self.loop.call_later(_HEARTBEAT_SECONDS, self._check_workers)
+            self.loop.call_later(_STATUS_INTERVAL, self._report_status)
+            interval = self.notifier.watchdog_interval()
+            if interval is not None:
+                self.loop.call_later(interval, self._feed_watchdog, interval)
+            while not self.finished:
+                self.loop.run_once(max_wait=1.0)
+                if self._pending_signals:
+                    self._handle_signals()
+                self._reap()
+        finally:
+            self._cleanup()
+        return self.exit_code
+
+    def _spawn(self, slot: _WorkerSlot) -> None:
+        slot.restart_timer = None
+        self._drain_notifications(slot)  # leftovers from the previous incarnation
+        env = dict(os.environ)
+        for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID",
+                    "LISTEN_FDS", "LISTEN_FDNAMES"):
+            env.pop(key, None)
+        fds = [sock.fileno() for sock in self.shared]
+        env.update({
+            "NOTIFY_SOCKET": slot.notify_path,
+            "WATCHDOG_USEC": str(int(2 * _HEARTBEAT_SECONDS * 1_000_000)),
+            WORKER_ID_ENV: str(slot.index),
+            WORKER_FDS_ENV: ",".join(map(str, fds)),
+            WORKER_STATS_DIR_ENV: str(self.runtime_dir),
+        })
+        port = (self.reserved or self.shared[0]).getsockname()[1]
+        argv = [sys.executable, "-m", "webscale", *self.argv, "--port", str(port)]
+        # Own session: a terminal's Ctrl-C goes to the supervisor only, which forwards it once.
+        slot.proc = subprocess.Popen(argv, env=env, pass_fds=fds, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        slot.started_at = slot.last_heartbeat = self.loop.time()
+        slot.ready = False
+        slot.status = "starting"
+        logger.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
+
+    def _reap(self) -> None:
+        for slot in self.slots:
+            if slot.proc is None:
+                continue
+            code = slot.proc.poll()
+            if code is not None:
+                self._worker_exited(slot, code)
+        if self.draining and all(slot.proc is None for slot in self.slots):
+            self.finished = True
+
+    def _worker_exited(self, slot: _WorkerSlot, code: int) -> None:
+        assert slot.proc is not None
+        pid, lived = slot.proc.pid, self.loop.time() - slot.started_at
+        slot.proc, was_ready, slot.ready = None, slot.ready, False
+        slot.exit_codes.append(code)
+        self._awaiting_reload.discard(slot.index)
+        self._maybe_reloaded()
+        if self.draining:
+            log = logger.info if code in _CLEAN_EXITS else logger.warning
+            log("worker %d (pid %d) exited with %s", slot.index, pid, _describe_exit(code))
+            if code not in _CLEAN_EXITS:
+                self.exit_code = self.exit_code or 1
+            return
+        if not self.announced and not was_ready:
+            logger.error("worker %d (pid %d) exited with %s before listening; stopping",
+                         slot.index, pid, _describe_exit(code))
+            self.exit_code = 1
+            self.begin_shutdown("worker failed to start", signal.SIGTERM)
+            return
+        slot.quick_deaths = 0 if lived >= _STABLE_SECONDS else slot.quick_deaths + 1
+        delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** max(0, slot.quick_deaths - 1))
+        logger.warning("worker %d (pid %d) exited with %s after %.1fs; restarting in %.1fs",
+                       slot.index, pid, _describe_exit(code), lived, delay)
+        slot.status = "restarting"
+        slot.restart_timer = self.loop.call_later(delay, self._spawn, slot)
+
+    # -- notifications from workers ---------------------------------------------------------
+    def _drain_notifications(self, slot: _WorkerSlot) -> None:
+        try:
+            while slot.notify_sock.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _read_notifications(self, slot: _WorkerSlot) -> None:
+        for _ in range(64):
+            try:
+                datagram = slot.notify_sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            if slot.proc is None:
+                continue  # from a worker that has exited since
+            for line in datagram.decode("utf-8", "replace").split("\n"):
+                key, _, value = line.partition("=")
+                if key == "WATCHDOG":
+                    slot.last_heartbeat = self.loop.time()
+                elif key == "STATUS":
+                    slot.status = value
+                elif key == "READY":
+                    self._worker_ready(slot)
+
+    def _worker_ready(self, slot: _WorkerSlot) -> None:
+        slot.last_heartbeat = self.loop.time()
+        if not slot.ready:
+            slot.ready = True
+            assert slot.proc is not None
+            logger.info("worker %d (pid %d) is listening", slot.index, slot.proc.pid)
+            if slot.reload_when_ready:
+                # SIGHUP arrived while it was starting: it may have loaded the old certificate.
+                slot.reload_when_ready = False
+                self._awaiting_reload.add(slot.index)
+                self._signal_worker(slot, signal.SIGHUP)
+        else:
+            self._awaiting_reload.discard(slot.index)  # READY=1 again: its reload is done
+            self._maybe_reloaded()
+        if not self.announced and all(s.ready for s in self.slots):
+            self.announced = True
+            for url in self.urls():
+                print(f"listening on {url}", flush=True)
+            self.notifier.ready(self.status_text())
+
+    # -- timers -----------------------------------------------------------------------------
+    def _check_workers(self) -> None:
+        """Kill a worker whose loop stopped heartbeating, or that never started listening."""
+        now = self.loop.time()
+        for slot in self.slots:
+            if slot.proc is None or self.draining:
+                continue
+            if slot.ready and now - slot.last_heartbeat > _WORKER_HANG_SECONDS:
+                logger.error("worker %d (pid %d) sent no heartbeat for %.1fs: killing it",
+                             slot.index, slot.proc.pid, now - slot.last_heartbeat)
+                slot.proc.kill()
+            elif not slot.ready and now - slot.started_at > _WORKER_START_SECONDS:
+                logger.error("worker %d (pid %d) did not listen within %.0fs: killing it",
+                             slot.index, slot.proc.pid, _WORKER_START_SECONDS)
+                slot.proc.kill()
+        self.loop.call_later(_HEARTBEAT_SECONDS, self._check_workers)
+
+    def _workers_accounted_for(self) -> bool:
+        now = self.loop.time()
+        for slot in self.slots:
+            if slot.proc is None:
+                continue  # exited: a restart is scheduled (or we are draining)
+            if slot.ready and now - slot.last_heartbeat > _WORKER_HANG_SECONDS + 2:
+                return False  # hung and not yet killed: something is wrong with us too
+        return True
+
+    def _feed_watchdog(self, interval: float) -> None:
+        if self._workers_accounted_for():
+            self.notifier.watchdog()
+        else:
+            logger.warning("not feeding the systemd watchdog: a hung worker was not replaced")
+        self.loop.call_later(interval, self._feed_watchdog, interval)
+
+    def status_text(self) -> str:
+        up = sum(1 for slot in self.slots if slot.ready)
+        parts = [f"worker {slot.index}: {slot.status}" for slot in self.slots]
+        state = "draining; " if self.draining else ""
+        return f"{state}{up}/{len(self.slots)} workers up; " + "; ".join(parts)
+
+    def _report_status(self) -> None:
+        self.notifier.status(self.status_text())
+        self.loop.call_later(_STATUS_INTERVAL, self._report_status)
+
+    # -- signals ----------------------------------------------------------------------------
+    def _handle_signals(self) -> None:
+        pending, self._pending_signals = self._pending_signals, []
+        for signum in pending:
+            if signum == signal.SIGCHLD:
+                continue  # _reap runs after every wake-up
+            if signum == signal.SIGHUP:
+                self._reload()
+            else:
+                if signum == signal.SIGINT:
+                    self._sigint_count += 1
+                    if self._sigint_count >= 2:
+                        self.exit_code = 130
+                self.begin_shutdown(signal.Signals(signum).name, signum)
+
+    def _reload(self) -> None:
+        if self.draining:
+            return
+        logger.info("SIGHUP: reloading every worker's certificate")
+        self.notifier.reloading()
+        for slot in self.slots:
+            if slot.ready:
+                self._awaiting_reload.add(slot.index)
+                self._signal_worker(slot, signal.SIGHUP)
+            elif slot.proc is not None:
+                slot.reload_when_ready = True
+        self._maybe_reloaded()
+
+    def _maybe_reloaded(self) -> None:
+        if not self._awaiting_reload and self.announced and not self.draining:
+            self.notifier.ready(self.status_text())
+
+    def begin_shutdown(self, why: str, signum: int) -> None:
+        """Forward `signum` to every worker; the first call also starts the drain."""
+        if not self.draining:
+            self.draining = True
+            self._awaiting_reload.clear()
+            logger.info("%s: draining %d workers", why,
+                        sum(1 for slot in self.slots if slot.proc is not None))
+            self.notifier.stopping("draining workers")
+            for slot in self.slots:
+                if slot.restart_timer is not None:
+                    slot.restart_timer.cancel()
+                    slot.restart_timer = None
+            self.loop.call_later(self.config.shutdown_timeout + _DRAIN_MARGIN,
+                                 self._drain_deadline)
+        for slot in self.slots:
+            self._signal_worker(slot, signum)
+
+    def _drain_deadline(self) -> None:
+        for slot in self.slots:
+            if slot.proc is not None:
+                logger.error("worker %d (pid %d) still running after the drain deadline: "
+                             "killing it", slot.index, slot.proc.pid)
+                slot.proc.kill()
+                self.exit_code = self.exit_code or 1
+
+    def _signal_worker(self, slot: _WorkerSlot, signum: int) -> None:
+        if slot.proc is not None and slot.proc.returncode is None:
+            try:
+                slot.proc.send_signal(signum)
+            except ProcessLookupError:
+                pass  # exited a moment ago; _reap will see it
+
+    def _cleanup(self) -> None:
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.kill()
+                slot.proc.wait()
+            self.loop.unregister(slot.notify_sock)
+            slot.notify_sock.close()
+        for sock in [*self.shared, *([self.reserved] if self.reserved else [])]:
+            sock.close()
+        self.loop.close()
+        self.notifier.close()
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
+
+
+def run_supervisor(config: Config, argv: list[str]) -> int:
+    """`webscale serve --workers N` (N > 1): supervise N workers until they have drained."""
+    return Supervisor(config, argv).run()
+
