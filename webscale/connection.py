@@ -183,12 +183,19 @@ class Connection:
             if data is tls.Want.WRITE:
                 self.read_wants_write = True
                 break
-            stats.bytes_in += len(data)  # type: ignore[arg-type]
+            size = len(data)  # type: ignore[arg-type]
+            stats.bytes_in += size
             self.last_recv = self.loop.now
             events = proto.receive_data(data)  # type: ignore[arg-type]
             if events:
                 self._on_events(events)
-            if not data or self.state is ConnState.CLOSED or self.reading_paused:
+            if not size or self.state is ConnState.CLOSED or self.reading_paused:
+                break
+            if size < chunk and not tls.pending_plaintext(sock):  # type: ignore[arg-type]
+                # Probably drained: a TLS read returns at most one record, and at one message
+                # per second the next is not there yet. Asking again would cost a syscall and
+                # an SSLWantReadError per message; level-triggered epoll reports anything
+                # left in the kernel on the next iteration.
                 break
         else:
             # Read budget spent: let other connections run. Bytes still in the kernel wake the

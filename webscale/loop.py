@@ -1,9 +1,12 @@
 """The event loop: one thread, one selector, a timer heap and a wake-up socket.
 
-How this works: every socket is registered with `selectors.DefaultSelector` (epoll on Linux,
-kqueue on BSD/macOS) with a `Handler` as its data; `run()` waits for readiness until the nearest
-timer, calls `on_readable`/`on_writable`, then runs callbacks queued with `call_soon` and the
-timers that are due. Other threads never touch loop state: they use `call_soon_threadsafe`, which
+How this works: every socket is registered with a poller together with a `Handler`; `run_once()`
+waits for readiness until the nearest timer, calls `on_readable`/`on_writable`, runs callbacks
+queued with `call_soon` and the timers that are due, then the `before_wait` hooks (where the
+dispatcher hands the iteration's messages to the pool in one go). On Linux the poller is
+`select.epoll` used directly (level-triggered): `selectors.EpollSelector` builds a SelectorKey
+lookup per event, a measurable cost at tens of thousands of events a second. Elsewhere it is
+`selectors.DefaultSelector` (kqueue on BSD/macOS). Other threads never touch loop state: they use `call_soon_threadsafe`, which
 appends to a deque and writes one byte to a socketpair the selector watches. A pending-wake flag
 keeps that to one write per loop iteration however many pool threads report (curio's `wake()`).
 Signal handlers only set a flag; `signal.set_wakeup_fd` points at the same socketpair, so a signal
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import select
 import selectors
 import socket
 import time
@@ -74,9 +78,82 @@ class _Waker:
         pass
 
 
+class _EpollPoller:
+    """epoll with an fd -> handler dict; ERR/HUP wake both callbacks so the handler's next
+    read or write reports the error."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Handler] = {}
+
+    def register(self, sock: socket.socket, events: int, handler: Handler) -> None:
+        fd = sock.fileno()
+        self._epoll.register(fd, _to_epoll(events))
+        self._handlers[fd] = handler
+
+    def modify(self, sock: socket.socket, events: int, handler: Handler) -> None:
+        fd = sock.fileno()
+        self._epoll.modify(fd, _to_epoll(events))
+        self._handlers[fd] = handler
+
+    def unregister(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if self._handlers.pop(fd, None) is None:
+            raise KeyError(fd)
+        self._epoll.unregister(fd)
+
+    def poll(self, timeout: float | None) -> list[tuple[Handler, int]]:
+        ready = self._epoll.poll(-1 if timeout is None else timeout)
+        handlers = self._handlers
+        out = []
+        for fd, mask in ready:
+            handler = handlers.get(fd)
+            if handler is not None:
+                out.append((handler, (EVENT_READ if mask & _EPOLL_READISH else 0)
+                            | (EVENT_WRITE if mask & _EPOLL_WRITEISH else 0)))
+        return out
+
+    def close(self) -> None:
+        self._epoll.close()
+
+
+class _SelectorPoller:
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+
+    def register(self, sock: socket.socket, events: int, handler: Handler) -> None:
+        self._selector.register(sock, events, handler)
+
+    def modify(self, sock: socket.socket, events: int, handler: Handler) -> None:
+        self._selector.modify(sock, events, handler)
+
+    def unregister(self, sock: socket.socket) -> None:
+        self._selector.unregister(sock)
+
+    def poll(self, timeout: float | None) -> list[tuple[Handler, int]]:
+        return [(key.data, mask) for key, mask in self._selector.select(timeout)]
+
+    def close(self) -> None:
+        self._selector.close()
+
+
+if hasattr(select, "epoll"):
+    _EPOLL_READISH = select.EPOLLIN | select.EPOLLPRI | select.EPOLLERR | select.EPOLLHUP
+    _EPOLL_WRITEISH = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+
+
+def _to_epoll(events: int) -> int:
+    return ((select.EPOLLIN if events & EVENT_READ else 0)
+            | (select.EPOLLOUT if events & EVENT_WRITE else 0))
+
+
+def _make_poller() -> _EpollPoller | _SelectorPoller:
+    return _EpollPoller() if hasattr(select, "epoll") else _SelectorPoller()
+
+
 class EventLoop:
     def __init__(self) -> None:
-        self.selector = selectors.DefaultSelector()
+        self._poller = _make_poller()
         self._timers: list[Timer] = []
         self._ready: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self._threadsafe: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
@@ -84,7 +161,7 @@ class EventLoop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._wake_pending = False
-        self.selector.register(self._wake_r, EVENT_READ, _Waker(self._wake_r))
+        self._poller.register(self._wake_r, EVENT_READ, _Waker(self._wake_r))
         self._stopping = False
         self.now = time.monotonic()
         self.iterations = 0
@@ -97,13 +174,13 @@ class EventLoop:
 
     # -- registration ------------------------------------------------------------------------
     def register(self, sock: socket.socket, events: int, handler: Handler) -> None:
-        self.selector.register(sock, events, handler)
+        self._poller.register(sock, events, handler)
 
     def modify(self, sock: socket.socket, events: int, handler: Handler) -> None:
-        self.selector.modify(sock, events, handler)
+        self._poller.modify(sock, events, handler)
 
     def unregister(self, sock: socket.socket) -> None:
-        self.selector.unregister(sock)
+        self._poller.unregister(sock)
 
     # -- scheduling --------------------------------------------------------------------------
     def time(self) -> float:
@@ -154,13 +231,14 @@ class EventLoop:
                 timeout = min(timeout, max_wait)
         else:
             timeout = max_wait
-        events = self.selector.select(timeout)
+        events = self._poller.poll(timeout)
         started = self.now = time.monotonic()
-        for key, mask in events:
-            handler = key.data
+        for handler, mask in events:
+            # Handlers ignore calls after they closed (an earlier handler in this batch may
+            # have closed them), so no re-check of the registration is needed here.
             if mask & EVENT_READ:
                 handler.on_readable()
-            if mask & EVENT_WRITE and key.fileobj.fileno() != -1:
+            if mask & EVENT_WRITE:
                 handler.on_writable()
         self._run_queued()
         self._run_timers()
@@ -207,9 +285,9 @@ class EventLoop:
 
     def close(self) -> None:
         try:
-            self.selector.unregister(self._wake_r)
-        except (KeyError, ValueError):
+            self._poller.unregister(self._wake_r)
+        except (KeyError, ValueError, OSError):
             pass
-        self.selector.close()
+        self._poller.close()
         self._wake_r.close()
         self._wake_w.close()
