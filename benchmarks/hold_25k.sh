@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Hold 25,000 concurrent TLS WebSocket clients on `webscale serve --workers 2` (issue 5).
+#
+# One process may hold at most 20,000 files on the target machine, so one worker cannot hold
+# 25,000 clients; two SO_REUSEPORT workers (about 12,500 each) can. bench_client connects every
+# client (TLS + upgrade), each sends a ~10 KB telemetry message every 10 s (--rate 0.1), holds
+# for --duration seconds, and exits non-zero on any failed or dropped connection.
+#
+#   benchmarks/hold_25k.sh                       # the full run
+#   CLIENTS=2000 DURATION=5 benchmarks/hold_25k.sh   # a quick check
+#
+# Runs on 127.0.0.1 only. Clients bind source addresses 127.0.0.1-127.0.0.8 so 25,000
+# connections do not exhaust one address's ephemeral ports. Prints the bench report and the
+# server's per-worker connection counts; the JSON report goes to $OUT/hold_25k.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-.venv/bin/python}
+CLIENTS=${CLIENTS:-25000}
+RATE=${RATE:-0.1}
+DURATION=${DURATION:-30}
+WORKERS=${WORKERS:-2}
+RAMP=${RAMP:-2000}
+OUT=${OUT:-benchmarks/results}
+
+workdir=$(mktemp -d)
+server_pid=""
+cleanup() {
+    if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid"
+        wait "$server_pid" || true
+    fi
+    rm -rf "$workdir"
+}
+trap cleanup EXIT
+
+ulimit -n "$(ulimit -Hn)"
+mkdir -p "$OUT"
+"$PYTHON" -m webscale serve --host 127.0.0.1 --port 0 --workers "$WORKERS" \
+    --certs-dir "$workdir/certs" --backlog 8192 --log-level warning \
+    >"$workdir/server.out" 2>"$workdir/server.log" &
+server_pid=$!
+
+for _ in $(seq 600); do
+    grep -q '^listening on ' "$workdir/server.out" 2>/dev/null && break
+    kill -0 "$server_pid" 2>/dev/null || { cat "$workdir/server.log"; exit 1; }
+    sleep 0.1
+done
+url=$(sed -n 's/^listening on //p' "$workdir/server.out" | head -n 1)
+[[ -n $url ]] || { echo "server did not start" >&2; cat "$workdir/server.log"; exit 1; }
+echo "server: $url, $WORKERS workers (supervisor pid $server_pid)"
+
+"$PYTHON" -m bench_client --url "$url/" --clients "$CLIENTS" --rate "$RATE" \
+    --duration "$DURATION" --ramp "$RAMP" --cafile "$workdir/certs/ca.pem" \
+    --source-addrs 127.0.0.1-127.0.0.8 --max-failures 0 --quiet --json "$OUT/hold_25k.json" &
+bench_pid=$!
+
+# While the clients hold their connections, record how the workers share them: the scrape
+# with the most open WebSockets, summed over the workers' series.
+"$PYTHON" - "$url" "$workdir/certs/ca.pem" "$bench_pid" <<'PY' || true
+import os, re, ssl, sys, time, urllib.request
+url = sys.argv[1].replace("wss://", "https://").replace("ws://", "http://") + "/metrics"
+ctx, bench_pid = ssl.create_default_context(cafile=sys.argv[2]), int(sys.argv[3])
+best: list[str] = []
+best_total = -1
+while os.path.exists(f"/proc/{bench_pid}") or not best:
+    try:
+        text = urllib.request.urlopen(url, context=ctx, timeout=10).read().decode()
+    except OSError:
+        break
+    lines = [l for l in text.splitlines() if l.startswith("webscale_websockets_open{")]
+    total = sum(int(float(l.rsplit(" ", 1)[1])) for l in lines)
+    if total > best_total:
+        best, best_total = lines, total
+    time.sleep(5)
+print(f"peak open WebSockets seen by /metrics: {best_total}")
+for line in best:
+    print("  " + line)
+PY
+set +e
+wait "$bench_pid"
+bench_status=$?
+set -e
+
+kill -TERM "$server_pid"
+wait "$server_pid"
+server_status=$?
+server_pid=""
+echo "bench_client exit $bench_status, server exit $server_status"
+grep -E 'WARNING|ERROR' "$workdir/server.log" | head -n 20 || true
+exit "$bench_status"
