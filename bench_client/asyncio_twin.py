@@ -51,11 +51,13 @@ class TwinServer:
     def __init__(self) -> None:
         self.counters = Counters()
         self.started_at = time.monotonic()
+        self.peer_hosts: set[str] = set()  # lets a test see bench_client's --source-addrs work
 
     async def handler(self, websocket: ServerConnection) -> None:
         counters = self.counters
         counters.connections_open += 1
         counters.connections_total += 1
+        self.peer_hosts.add(str(websocket.remote_address[0]))
         try:
             async for message in websocket:
                 counters.messages_received += 1
@@ -77,6 +79,7 @@ class TwinServer:
     def stats(self) -> dict[str, Any]:
         data: dict[str, Any] = asdict(self.counters)
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        data["peer_hosts"] = len(self.peer_hosts)
         data["uptime_s"] = time.monotonic() - self.started_at
         data["cpu_user_s"] = usage.ru_utime
         data["cpu_system_s"] = usage.ru_stime

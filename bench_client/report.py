@@ -151,6 +151,7 @@ def render_table(report: dict[str, Any]) -> str:
     rows += [
         ("time to establish all", "-" if took is None else f"{took:.2f} s"),
         ("closed cleanly (1000 answered)", str(conns["closed_clean"])),
+        ("close not answered in time", str(conns["closed_unanswered"])),
         ("messages scheduled", str(msgs["scheduled"])),
         ("messages written", str(msgs["written"])),
         ("messages/s in steady state", "-" if msgs["written_per_s_steady"] is None

@@ -374,16 +374,18 @@ def test_200_clients_against_webscale(webscale: ServerProcess, tmp_path: Path) -
     _check_200_clients(webscale, tmp_path)
 
 
-def test_plain_ws_against_the_twin(certs: Path, tmp_path: Path) -> None:
+def test_plain_ws_from_several_source_addresses(certs: Path, tmp_path: Path) -> None:
     for server in _start(["-m", "bench_client.asyncio_twin"], certs, tls=False):
         rc, report, output = run_bench(tmp_path, "--url", server.url, "--clients", "20",
-                                       "--rate", "5", "--duration", "1", "--procs", "1")
+                                       "--rate", "5", "--duration", "1", "--procs", "2",
+                                       "--source-addrs", "127.0.0.2-127.0.0.5")
         assert rc == 0, output
         assert report["connections"]["established"] == 20
         written = report["messages"]["written"]
         assert written >= 20 * 5
         wait_for(lambda: server.stats()["messages_decoded"] == written, 10,  # noqa: B023
                  "decode")
+        assert server.stats()["peer_hosts"] == 4  # 127.0.0.2 .. 127.0.0.5, round-robin
 
 
 def test_closed_port_fails_every_connection_quickly(tmp_path: Path) -> None:
