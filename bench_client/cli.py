@@ -39,8 +39,11 @@ logger = logging.getLogger("bench_client")
 
 # After "stop", how long beyond --close-timeout a worker may take to report before it is killed.
 FINAL_GRACE = 10.0
-# How long past the paced ramp (clients / ramp) plus handshake timeouts the parent waits for every
-# client to settle before it starts the steady phase anyway.
+# The ramp ends when every client has settled (established or failed). A server slower than --ramp
+# only makes that take longer, so the parent keeps waiting while clients keep settling; it starts
+# the steady phase anyway once no client has settled for a handshake timeout plus this grace (and
+# the paced ramp, clients / ramp, is over). Every connection settles within its handshake timeout
+# once started, so the ramp is bounded.
 SETTLE_GRACE = 5.0
 
 
@@ -132,8 +135,9 @@ class Runner:
                 child_end.close()
                 pipes[parent_end] = plan.index
                 processes.append(process)
-            settle_deadline = (started_at + config.clients / config.ramp
-                               + 2 * config.handshake_timeout + SETTLE_GRACE)
+            paced_ramp_end = started_at + config.clients / config.ramp
+            settled_count = 0
+            last_settled_at = started_at
             steady_started_at: float | None = None
             steady_written_start = 0
             stopped_at: float | None = None
@@ -162,7 +166,12 @@ class Runner:
                 if phase == "ramp":
                     settled = (len(self.progress) == len(self.plans)
                                and all(p["settled"] for p in self.progress.values()))
-                    if settled or now >= settle_deadline or self.stop_signals:
+                    if totals and totals["established"] + totals["failed"] != settled_count:
+                        settled_count = totals["established"] + totals["failed"]
+                        last_settled_at = now
+                    stalled = (now >= paced_ramp_end and now - last_settled_at
+                               >= config.handshake_timeout + SETTLE_GRACE)
+                    if settled or stalled or self.stop_signals:
                         phase = "steady"
                         steady_started_at = now
                         steady_written_start = totals["messages_written"] if totals else 0

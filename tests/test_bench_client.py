@@ -424,3 +424,17 @@ def test_max_failures_allows_a_bounded_number(tmp_path: Path) -> None:
                                   "--max-failures", "3", "--procs", "1")
     assert rc == 0
     assert report["connections"]["failed"] == 3 and report["ok"] is True
+
+
+def test_a_server_that_never_answers_times_out_every_handshake(tmp_path: Path) -> None:
+    # Listening but never accepting: the kernel completes TCP, nobody speaks TLS.
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as silent:
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        rc, report, output = run_bench(tmp_path, "--url", f"wss://127.0.0.1:{port}/",
+                                       "--insecure", "--clients", "5", "--procs", "1",
+                                       "--handshake-timeout", "1", "--duration", "30")
+        took = time.monotonic() - started
+    assert rc == 1, output
+    assert report["connections"]["failed_by_reason"] == {"timeout: tls_handshake": 5}
+    assert took < 10 * UNIT
