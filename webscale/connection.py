@@ -18,7 +18,6 @@ import enum
 import errno
 import logging
 import ssl
-from collections import deque
 from typing import TYPE_CHECKING
 
 from . import tls
@@ -81,7 +80,9 @@ class Connection:
         self.address = address
         self.proto = ServerProtocol(server.protocol_limits, conn_id, refuse_status)
         self.state = ConnState.TLS_HANDSHAKE if tls.is_tls(sock) else ConnState.HTTP  # type: ignore[arg-type]
-        self.out: deque[bytes] = deque()
+        # A list, not a deque: it rarely holds more than one chunk, and an empty deque costs
+        # ~740 bytes against a list's 56, per idle connection.
+        self.out: list[bytes] = []
         self.out_bytes = 0
         self.interest = 0
         self.tls_want: tls.Want | None = tls.Want.READ
@@ -274,7 +275,7 @@ class Connection:
             stats.bytes_out += sent  # type: ignore[operator]
             self.out_bytes -= sent  # type: ignore[operator]
             if sent == len(chunk):
-                out.popleft()
+                del out[0]
             else:
                 out[0] = chunk[sent:]  # type: ignore[index]
         if self.out_bytes > self.server.config.outbound_limit_bytes:
