@@ -16,7 +16,6 @@ to drain: that wait is the lateness we measure, and it grows exactly when the se
 from __future__ import annotations
 
 import enum
-import errno
 import logging
 import socket
 import ssl
@@ -24,9 +23,8 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from bench_client.errors import FrameError, HandshakeError
+from bench_client.errors import ConnectError, FrameError, HandshakeError
 from bench_client.loop import READ, WRITE, EventLoop, Timer
 from bench_client.metrics import WorkerMetrics
 from bench_client.payload import MessageTemplate
@@ -40,12 +38,9 @@ from bench_client.protocol import (
     encode_close,
     encode_control,
 )
+from bench_client.transport import Target, connect_result, errno_name, start_connect
 
 logger = logging.getLogger(__name__)
-
-# Linux's value; older Pythons lack the constant. Lets bind() pick no port, so the kernel chooses
-# the port at connect() time per (source, destination) pair instead of per source address.
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 RECV_SIZE = 65536
 # Large enough to hand several TLS records to OpenSSL per call, small enough to bound the copy.
@@ -73,24 +68,6 @@ _ALLOWED = {
 }
 
 _DONE = (State.CLOSED, State.FAILED)
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where every connection of a worker goes, and how."""
-
-    host: str
-    port: int
-    path: str
-    address: tuple[str, int]  # resolved once by the parent
-    tls: ssl.SSLContext | None
-    handshake_timeout: float
-
-
-def _errno_name(exc: OSError) -> str:
-    if exc.errno is not None and exc.errno in errno.errorcode:
-        return errno.errorcode[exc.errno]
-    return type(exc).__name__
 
 
 class ClientConnection:
@@ -179,31 +156,12 @@ class ClientConnection:
         self.metrics.attempted += 1
         self._deadline = self.loop.call_later(self.target.handshake_timeout, self._on_deadline)
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as exc:
-            self._fail(f"socket: {_errno_name(exc)}")
-            return
-        self.sock = sock
-        sock.setblocking(False)
-        # small control frames (pings, closes) should not wait for Nagle
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            if source_addr is not None:
-                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((source_addr, 0))
-            err = sock.connect_ex(self.target.address)
-        except OSError as exc:
-            self.sock = None
-            sock.close()
-            self._fail(f"connect: {_errno_name(exc)}")
-            return
-        if err not in (0, errno.EINPROGRESS):
-            self.sock = None
-            sock.close()
-            self._fail(f"connect: {errno.errorcode.get(err, str(err))}")
+            self.sock = start_connect(self.target.address, source_addr)
+        except ConnectError as exc:
+            self._fail(str(exc))
             return
         self._interest = WRITE
-        self.loop.register(sock.fileno(), WRITE, self)
+        self.loop.register(self.sock.fileno(), WRITE, self)
 
     def _on_deadline(self) -> None:
         self._deadline = None
@@ -212,9 +170,10 @@ class ClientConnection:
 
     def _connected(self) -> None:
         assert self.sock is not None
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._fail(f"connect: {errno.errorcode.get(err, str(err))}")
+        try:
+            connect_result(self.sock)
+        except ConnectError as exc:
+            self._fail(str(exc))
             return
         if self.target.tls is None:
             self._set_state(State.WS_HANDSHAKE)
@@ -248,7 +207,7 @@ class ClientConnection:
             self._fail(f"tls: {exc.reason or exc}")
             return
         except OSError as exc:
-            self._fail(f"tls: {_errno_name(exc)}")
+            self._fail(f"tls: {errno_name(exc)}")
             return
         self._set_state(State.WS_HANDSHAKE)
         self._send_upgrade()
@@ -338,7 +297,7 @@ class ClientConnection:
                     self._want(READ | WRITE)
                     return
                 except OSError as exc:
-                    self._fail(f"send: {_errno_name(exc)}")
+                    self._fail(f"send: {errno_name(exc)}")
                     return
                 self._tls_retry_length = 0
                 del outbound[:sent]
@@ -386,7 +345,7 @@ class ClientConnection:
                 self._fail(f"tls: {exc.reason or exc}")
                 return
             except OSError as exc:
-                self._fail(f"recv: {_errno_name(exc)}")
+                self._fail(f"recv: {errno_name(exc)}")
                 return
             if not data:
                 self._eof()

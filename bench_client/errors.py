@@ -2,6 +2,7 @@
 
     BenchError
     ├── ConfigError       bad command-line values (reported before anything starts)
+    ├── ConnectError      a TCP connect that could not start or was refused (reason in args)
     ├── PayloadError      a message that does not match the telemetry struct
     ├── HandshakeError    the server's answer to the upgrade request is not a valid 101
     └── FrameError        the server sent bytes that are not valid RFC 6455 frames
@@ -15,6 +16,10 @@ class BenchError(Exception):
 
 
 class ConfigError(BenchError):
+    pass
+
+
+class ConnectError(BenchError):
     pass
 
 

@@ -20,11 +20,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench_client.config import BenchConfig, WorkerPlan, client_tls_context
-from bench_client.connection import ClientConnection, Target
+from bench_client.connection import ClientConnection
 from bench_client.loop import READ, EventLoop
 from bench_client.metrics import WorkerMetrics
 from bench_client.payload import MessageTemplate
 from bench_client.stats import LatencyHistogram
+from bench_client.transport import Target
 
 logger = logging.getLogger(__name__)
 
