@@ -42,3 +42,13 @@ def flood(handle: ConnectionHandle, message: object) -> None:
 
 def crash(handle: ConnectionHandle, message: object) -> None:
     raise RuntimeError("handler bug")
+
+
+def slow(handle: ConnectionHandle, message: Telemetry) -> None:
+    """A 100 ms database call per message (backpressure tests)."""
+    time.sleep(0.1)
+
+
+def closer(handle: ConnectionHandle, message: Telemetry) -> None:
+    """Closes the connection with an application code (4000 + seq) from the pool thread."""
+    handle.close(4000 + message.seq, "closed by handler")
