@@ -204,6 +204,10 @@ class ServerProtocol:
             return [self._refuse(400, "not an HTTP request")]
         if len(event.headers) > self.limits.max_headers:
             return [self._refuse(431, f"more than {self.limits.max_headers} headers")]
+        # h11 bounds only an *incomplete* head; a whole oversized head that arrived in one read
+        # (up to --read-chunk-bytes) would pass, so measure what it parsed as well.
+        if len(self._head) - len(self._h11.trailing_data[0]) > self.limits.max_header_bytes:
+            return [self._refuse(431, f"request head over {self.limits.max_header_bytes} bytes")]
         target = event.target.decode("latin-1")
         if not _is_upgrade(event):
             self._move(Phase.HTTP_RESPONSE, "plain HTTP request")
@@ -222,7 +226,9 @@ class ServerProtocol:
         try:
             ws.receive_data(bytes(self._head))
             request = next((e for e in ws.events() if isinstance(e, Request)), None)
-        except RemoteProtocolError as exc:
+        except (RemoteProtocolError, ValueError) as exc:
+            # wsproto decodes header values unguarded: a non-ASCII token or a Host that is not
+            # IDNA raises UnicodeError (a ValueError). Either way the request is malformed.
             return [self._refuse(400, str(exc))]
         if request is None:
             return [self._refuse(400, "incomplete WebSocket upgrade request")]
@@ -231,7 +237,11 @@ class ServerProtocol:
             extensions.append(PerMessageDeflate(
                 client_max_window_bits=self.limits.deflate_window_bits,
                 server_max_window_bits=self.limits.deflate_window_bits))
-        self._out.append(ws.send(AcceptConnection(extensions=extensions)))
+        try:
+            accept = ws.send(AcceptConnection(extensions=extensions))
+        except ValueError as exc:  # a deflate offer such as client_max_window_bits=abc
+            return [self._refuse(400, f"bad Sec-WebSocket-Extensions: {exc}")]
+        self._out.append(accept)
         self._ws = ws
         self._h11 = None
         self._head = bytearray()
