@@ -106,58 +106,48 @@ def start_server(kind: str, certs: Path, extra: list[str],
     return proc, int(line.strip().rsplit(":", 1)[1])
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--server", choices=["webscale", "twin"], default="webscale")
-    p.add_argument("--clients", type=int, default=2000)
-    p.add_argument("--rate", type=float, default=1.0)
-    p.add_argument("--size", type=int, default=10240)
-    p.add_argument("--window", type=float, default=20.0, help="seconds measured")
-    p.add_argument("--settle", type=float, default=3.0, help="seconds after connecting")
-    p.add_argument("--ramp", type=int, default=2000)
-    p.add_argument("--ping-sample", type=int, default=50)
-    p.add_argument("--json", type=Path)
-    p.add_argument("--switch-interval", type=float, help="sys.setswitchinterval in the server")
-    p.add_argument("server_args", nargs="*", help="extra server flags (after --)")
-    args = p.parse_args()
-
+def run_point(server: str = "webscale", clients: int = 2000, rate: float = 1.0,
+              size: int = 10240, window: float = 20.0, settle: float = 3.0, ramp: int = 2000,
+              ping_sample: int = 50, server_args: list[str] | None = None,
+              switch_interval: float | None = None, bench_procs: int | None = None) -> dict:
+    """One measurement: start the server, load it, measure a steady-state window, stop both."""
     certs = ensure_certs(ROOT / "certs")
     ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
-    proc, port = start_server(args.server, certs.ca_cert.parent, args.server_args,
-                              args.switch_interval)
+    proc, port = start_server(server, certs.ca_cert.parent, server_args or [], switch_interval)
     bench = None
+    bench_json = Path(f"/tmp/server_cost_bench_{os.getpid()}.json")
+    result: dict = {"server": server, "clients": clients, "rate": rate}
     try:
         time.sleep(0.5)
         rss_idle = tree_rss_bytes(proc.pid)
-        duration = args.settle + args.window + 30 + args.clients / args.ramp
-        bench_json = Path(f"/tmp/server_cost_bench_{os.getpid()}.json")
-        bench = subprocess.Popen(
-            [sys.executable, "-m", "bench_client", "--url", f"wss://127.0.0.1:{port}/",
-             "--cafile", str(certs.ca_cert), "--clients", str(args.clients), "--rate",
-             str(args.rate), "--size", str(args.size), "--duration", str(duration),
-             "--ramp", str(args.ramp), "--ping-sample", str(args.ping_sample), "--quiet",
-             "--json", str(bench_json)],
-            cwd=ROOT, stdout=subprocess.DEVNULL)
+        duration = settle + window + 30 + clients / ramp
+        argv = [sys.executable, "-m", "bench_client", "--url", f"wss://127.0.0.1:{port}/",
+                "--cafile", str(certs.ca_cert), "--clients", str(clients), "--rate", str(rate),
+                "--size", str(size), "--duration", str(duration), "--ramp", str(ramp),
+                "--ping-sample", str(ping_sample), "--quiet", "--json", str(bench_json)]
+        if bench_procs:
+            argv += ["--procs", str(bench_procs)]
+        bench = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
         t_start = time.monotonic()
-        while get_stats(port, ctx)["connections_total"] < args.clients + 1:
-            if time.monotonic() - t_start > 120 or bench.poll() is not None:
-                raise SystemExit("clients did not all connect")
+        while get_stats(port, ctx)["connections_total"] < clients + 1:
+            if time.monotonic() - t_start > 180 or bench.poll() is not None:
+                result["error"] = "clients did not all connect"
+                return result
             time.sleep(0.2)
         connected_in = time.monotonic() - t_start
-        time.sleep(args.settle)
+        time.sleep(settle)
         s0, c0, t0 = get_stats(port, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
         th0 = thread_cpu_seconds(proc.pid)
+        time.sleep(window)
         rss_loaded = tree_rss_bytes(proc.pid)
-        time.sleep(args.window)
         s1, c1, t1 = get_stats(port, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
         th1 = thread_cpu_seconds(proc.pid)
         decoded = s1["messages_decoded"] - s0["messages_decoded"]
         received = s1["messages_received"] - s0["messages_received"]
         elapsed = t1 - t0
-        result = {
-            "server": args.server, "clients": args.clients, "rate": args.rate,
+        result.update({
             "window_s": round(elapsed, 2), "connect_all_s": round(connected_in, 2),
-            "offered_msgs_per_s": args.clients * args.rate,
+            "offered_msgs_per_s": clients * rate,
             "decoded_msgs_per_s": round(decoded / elapsed, 1),
             "received_msgs_per_s": round(received / elapsed, 1),
             "server_cpu_percent": round(100 * (c1 - c0) / elapsed, 1),
@@ -168,14 +158,14 @@ def main() -> int:
                                                   / max(decoded, 1), 1),
             "rss_idle_mb": round(rss_idle / 2**20, 1),
             "rss_loaded_mb": round(rss_loaded / 2**20, 1),
-            "rss_per_conn_kb": round((rss_loaded - rss_idle) / args.clients / 1024, 1),
+            "rss_per_conn_kb": round((rss_loaded - rss_idle) / clients / 1024, 1),
             "in_flight_end": s1.get("in_flight"),
-        }
+        })
     finally:
         if bench is not None and bench.poll() is None:
             bench.send_signal(signal.SIGINT)
             try:
-                bench.wait(60)
+                bench.wait(90)
             except subprocess.TimeoutExpired:
                 bench.kill()
         proc.send_signal(signal.SIGTERM)
@@ -185,15 +175,36 @@ def main() -> int:
             proc.kill()
     try:
         report = json.loads(bench_json.read_text())
-        result["bench"] = {k: report.get(k) for k in ("ping_rtt_ms", "send_lateness_ms",
-                                                      "connections")}
+        result["bench"] = {k: report.get(k) for k in ("ping_rtt_s", "send_lateness_s",
+                                                      "connections", "messages", "cpu")}
         bench_json.unlink()
     except (OSError, ValueError):
         pass
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--server", choices=["webscale", "twin"], default="webscale")
+    p.add_argument("--clients", type=int, default=2000)
+    p.add_argument("--rate", type=float, default=1.0)
+    p.add_argument("--size", type=int, default=10240)
+    p.add_argument("--window", type=float, default=20.0, help="seconds measured")
+    p.add_argument("--settle", type=float, default=3.0, help="seconds after connecting")
+    p.add_argument("--ramp", type=int, default=2000)
+    p.add_argument("--ping-sample", type=int, default=50)
+    p.add_argument("--bench-procs", type=int)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--switch-interval", type=float, help="sys.setswitchinterval in the server")
+    p.add_argument("server_args", nargs="*", help="extra server flags (after --)")
+    args = p.parse_args()
+    result = run_point(args.server, args.clients, args.rate, args.size, args.window, args.settle,
+                       args.ramp, args.ping_sample, args.server_args, args.switch_interval,
+                       args.bench_procs)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return 0 if "error" not in result else 1
 
 
 if __name__ == "__main__":
