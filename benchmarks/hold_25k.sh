@@ -12,6 +12,14 @@
 # Runs on 127.0.0.1 only. Clients bind source addresses 127.0.0.1-127.0.0.8 so 25,000
 # connections do not exhaust one address's ephemeral ports. Prints the bench report and the
 # server's per-worker connection counts; the JSON report goes to $OUT/hold_25k.json.
+#
+# Recorded 2026-11-24 on the 2-core, 20,000-files-per-process build machine, server and client
+# on the same host, `benchmarks/hold_25k.sh` with the defaults below (RAMP=300, DURATION=30):
+#   connections established 25000 / 25000, failed 0, dropped 0; all established in 90.1 s
+#   peak open WebSockets (/metrics): worker="0" 12545, worker="1" 12455
+#   steady state 30 s at 2463 messages/s, send lateness p50 1.0 ms / p99 29 ms
+#   at the end 9713 of the 25,000 simultaneous closes were not answered within bench_client's
+#   default --close-timeout of 3 s (both processes busy on 2 cores); the server exited 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +28,10 @@ CLIENTS=${CLIENTS:-25000}
 RATE=${RATE:-0.1}
 DURATION=${DURATION:-30}
 WORKERS=${WORKERS:-2}
-RAMP=${RAMP:-2000}
+# New connections per second. On a 2-core machine running server and client together, TLS
+# handshakes on both ends top out near 400/s; pacing below that lets every client settle
+# within bench_client's deadline (clients / ramp + 25 s) instead of failing the late ones.
+RAMP=${RAMP:-300}
 OUT=${OUT:-benchmarks/results}
 
 workdir=$(mktemp -d)
