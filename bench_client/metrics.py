@@ -47,7 +47,10 @@ class WorkerMetrics:
         # numbers are not mixed with the (expected) lateness while the server handshakes
         self.lateness = LatencyHistogram()
         self.lateness_ramp = LatencyHistogram()
+        # Likewise for ping round trips: a server busy with thousands of TLS handshakes answers
+        # pings late, which says nothing about its steady state.
         self.ping_rtt = LatencyHistogram()
+        self.ping_rtt_ramp = LatencyHistogram()
         # monotonic clock, comparable across processes on Linux
         self.first_attempt_at: float | None = None
         self.last_established_at: float | None = None
@@ -65,6 +68,7 @@ class WorkerMetrics:
         data["lateness"] = self.lateness.to_dict()
         data["lateness_ramp"] = self.lateness_ramp.to_dict()
         data["ping_rtt"] = self.ping_rtt.to_dict()
+        data["ping_rtt_ramp"] = self.ping_rtt_ramp.to_dict()
         data["first_attempt_at"] = self.first_attempt_at
         data["last_established_at"] = self.last_established_at
         return data
@@ -77,6 +81,7 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     lateness = LatencyHistogram()
     lateness_ramp = LatencyHistogram()
     ping_rtt = LatencyHistogram()
+    ping_rtt_ramp = LatencyHistogram()
     firsts: list[float] = []
     lasts: list[float] = []
     for snap in snapshots:
@@ -86,6 +91,7 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         lateness.merge(LatencyHistogram.from_dict(snap["lateness"]))
         lateness_ramp.merge(LatencyHistogram.from_dict(snap["lateness_ramp"]))
         ping_rtt.merge(LatencyHistogram.from_dict(snap["ping_rtt"]))
+        ping_rtt_ramp.merge(LatencyHistogram.from_dict(snap["ping_rtt_ramp"]))
         if snap["first_attempt_at"] is not None:
             firsts.append(snap["first_attempt_at"])
         if snap["last_established_at"] is not None:
@@ -94,6 +100,7 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     merged["lateness"] = lateness
     merged["lateness_ramp"] = lateness_ramp
     merged["ping_rtt"] = ping_rtt
+    merged["ping_rtt_ramp"] = ping_rtt_ramp
     merged["first_attempt_at"] = min(firsts) if firsts else None
     merged["last_established_at"] = max(lasts) if lasts else None
     return merged

@@ -108,6 +108,7 @@ def build_report(
         },
         "send_lateness_s": lateness.summary(),  # steady state only
         "send_lateness_ramp_s": merged["lateness_ramp"].summary(),
+        "ping_rtt_ramp_s": merged["ping_rtt_ramp"].summary(),
         "ping_rtt_s": ping_rtt.summary(),
         "cpu": {
             "user_s": cpu["user_s"],
@@ -135,6 +136,7 @@ def render_table(report: dict[str, Any]) -> str:
     late = report["send_lateness_s"]
     ramp = report["send_lateness_ramp_s"]
     rtt = report["ping_rtt_s"]
+    rtt_ramp = report["ping_rtt_ramp_s"]
     cpu = report["cpu"]
     cfg = report["config"]
     rows: list[tuple[str, str]] = [
@@ -160,7 +162,9 @@ def render_table(report: dict[str, Any]) -> str:
          f"{_ms(late['p50'])} / {_ms(late['p99'])} / {_ms(late['max'])}  (steady state)"),
         ("  during the ramp", f"{_ms(ramp['p50'])} / {_ms(ramp['p99'])} / {_ms(ramp['max'])}"),
         (f"ping RTT p50 / p99 / max (n={rtt['count']})",
-         f"{_ms(rtt['p50'])} / {_ms(rtt['p99'])} / {_ms(rtt['max'])}"),
+         f"{_ms(rtt['p50'])} / {_ms(rtt['p99'])} / {_ms(rtt['max'])}  (steady state)"),
+        (f"  during the ramp (n={rtt_ramp['count']})",
+         f"{_ms(rtt_ramp['p50'])} / {_ms(rtt_ramp['p99'])} / {_ms(rtt_ramp['max'])}"),
         ("client CPU user / system",
          f"{cpu['user_s']:.2f} s / {cpu['system_s']:.2f} s"
          + ("" if cpu["us_per_message"] is None else f"  ({cpu['us_per_message']:.0f} us/msg)")),

@@ -126,9 +126,11 @@ class Worker:
         self.connections.pop(connection.client_id, None)
 
     def begin_steady_state(self) -> None:
-        """Keep what was recorded so far apart, as the ramp's lateness (see metrics.py)."""
+        """Keep what was recorded so far apart, as the ramp's (see metrics.py)."""
         self.metrics.lateness_ramp = self.metrics.lateness
         self.metrics.lateness = LatencyHistogram()
+        self.metrics.ping_rtt_ramp = self.metrics.ping_rtt
+        self.metrics.ping_rtt = LatencyHistogram()
 
     # -- reporting ----------------------------------------------------------------------------
 
