@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import h11
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection as WsFrameConnection
 from wsproto.connection import ConnectionState as WsState
 from wsproto.events import (
     AcceptConnection,
@@ -138,7 +139,7 @@ class ServerProtocol:
         self._head = bytearray()
         self._h11: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
-        self._ws: WSConnection | None = None
+        self._ws: WsFrameConnection | None = None
         self._out: list[bytes] = []
         self._parts: list[str | bytes] = []
         self._part_bytes = 0
@@ -242,7 +243,10 @@ class ServerProtocol:
         except ValueError as exc:  # a deflate offer such as client_max_window_bits=abc
             return [self._refuse(400, f"bad Sec-WebSocket-Extensions: {exc}")]
         self._out.append(accept)
-        self._ws = ws
+        # Keep only the frame-level connection: the WSConnection wrapper would keep wsproto's
+        # whole handshake (an h11.Connection, the request's headers, two deques) alive for the
+        # life of the connection, several KiB per idle client.
+        self._ws = ws.connection
         self._h11 = None
         self._head = bytearray()
         self._move(Phase.OPEN, "upgrade accepted")
