@@ -227,7 +227,10 @@ class Connection:
             elif kind is Closed:
                 self._on_closed(event)  # type: ignore[arg-type]
             elif kind is HandshakeFailed:
-                server.stats.ws_handshake_failures += 1
+                if self.proto.refuse_status and event.status == self.proto.refuse_status:  # type: ignore[union-attr]
+                    server.stats.connections_rejected += 1
+                else:
+                    server.stats.ws_handshake_failures += 1
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("conn %d: handshake refused %d: %s", self.conn_id,
                                  event.status, event.reason)  # type: ignore[union-attr]

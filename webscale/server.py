@@ -224,9 +224,9 @@ class Server:
             self.stats.connections_rejected += 1
             sock.close()
             return
+        # Over the limit, only an upgrade is refused (and counted, when the 503 goes out):
+        # /healthz and /stats stay answerable on a full server.
         refuse = 503 if (open_now >= self.max_connections or self.draining) else 0
-        if refuse:
-            self.stats.connections_rejected += 1
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             wrapped = tls.wrap(self.ssl_context, sock)
