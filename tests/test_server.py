@@ -100,7 +100,8 @@ def test_blocking_handler_does_not_stall_other_connections(server_factory: Start
 
     worst, still_busy = asyncio.run(main())
     assert still_busy == 1, "the slow handler finished before the measurement ended"
-    assert worst < 0.100, f"ping round trip of {worst * 1000:.1f} ms while a handler blocked"
+    # 100 ms on a quiet machine (the spec); WEBSCALE_TEST_UNIT scales it on a loaded one.
+    assert worst < 0.100 * UNIT, f"ping round trip of {worst * 1000:.1f} ms while a handler blocked"
 
 
 def test_oversized_message_closes_with_1009(server_factory: StartServer) -> None:
