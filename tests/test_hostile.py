@@ -9,7 +9,6 @@ counters, /proc memory), never on "it did not crash after a sleep".
 
 from __future__ import annotations
 
-import os
 import resource
 import selectors
 import socket
@@ -22,10 +21,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import UNIT, ServerProcess, client_ssl_context, deadline, start_server, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from helpers import UNIT, ServerProcess, client_ssl_context, deadline, start_server, wait_for
 from payloads import telemetry_json
 
 StartServer = Callable[..., ServerProcess]
