@@ -25,12 +25,13 @@ from payloads import telemetry_json
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.protocol import State
 
-HAPROXY = shutil.which("haproxy")
+# Debian installs it in /usr/sbin, which an unprivileged user's PATH often lacks.
+HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 SHIPPED_CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 BACKEND = "webscale"
 
 pytestmark = pytest.mark.skipif(
-    HAPROXY is None, reason="haproxy is not on PATH (Debian: apt-get install haproxy)")
+    HAPROXY is None, reason="haproxy is not on PATH or in /usr/sbin (Debian: apt-get install haproxy)")
 
 StartServer = Callable[..., ServerProcess]
 
@@ -241,3 +242,41 @@ def test_clients_spread_over_two_servers_and_survive_losing_one(
         if signum == signal.SIGSTOP:
             first.proc.kill()  # a stopped process would sit out SIGTERM until the fixture's kill
             first.proc.wait()
+
+
+def test_connects_to_a_dead_server_not_yet_marked_down_go_to_the_other(
+        server_factory: StartServer, haproxy_factory: Callable[[list[ServerProcess]], Haproxy],
+        certs: Path) -> None:
+    """`retries` + `option redispatch`: the seconds before the checks notice cost no client."""
+    first, second = server_factory(), server_factory()
+    haproxy = haproxy_factory([first, second])
+    # With its checks off, HAProxy keeps the killed server UP and leastconn keeps choosing it.
+    assert haproxy.command("disable health webscale/pi1").strip() == ""
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(timeout=5 * UNIT)
+    clients = 20
+    ctx = client_ssl_context(certs / "ca.pem")
+
+    async def main() -> list[ClientConnection | BaseException]:
+        results = await asyncio.gather(
+            *(connect(haproxy.url, ssl=ctx, open_timeout=10 * UNIT) for _ in range(clients)),
+            return_exceptions=True)
+        opened = [ws for ws in results if isinstance(ws, ClientConnection)]
+        await asyncio.gather(*(send_one(ws, i) for i, ws in enumerate(opened)))
+        await asyncio.to_thread(wait_for, lambda: decoded(second) == len(opened),
+                                what="every client's message decoded on the live server")
+        await asyncio.gather(*(ws.close() for ws in opened))
+        return results
+
+    async def send_one(ws: ClientConnection, client_id: int) -> None:
+        await asyncio.wait_for(ws.send(telemetry_json(client_id, 0, size=1024)), 5 * UNIT)
+
+    results = asyncio.run(asyncio.wait_for(main(), 20 * UNIT))
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert not failures, f"{len(failures)} of {clients} connects failed: {failures[:3]!r}"
+    rows = haproxy.servers()
+    # Still in rotation ("no check" is UP without checks): only the retries saved the clients.
+    assert rows["pi1"]["status"] == "no check"
+    # leastconn tried the empty dead server first for each client, then redispatched to pi2.
+    assert int(rows["pi1"]["wredis"]) > 0
+    assert rows["pi2"]["stot"] == str(clients)
