@@ -31,7 +31,8 @@ SHIPPED_CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 BACKEND = "webscale"
 
 pytestmark = pytest.mark.skipif(
-    HAPROXY is None, reason="haproxy is not on PATH or in /usr/sbin (Debian: apt-get install haproxy)")
+    HAPROXY is None,
+    reason="haproxy is not on PATH or in /usr/sbin (Debian: apt-get install haproxy)")
 
 StartServer = Callable[..., ServerProcess]
 
