@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import ssl
 import sys
@@ -28,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from server_cost import run_point  # noqa: E402
+from server_cost import run_point
 
 
 def kept_up(point: dict) -> bool:
@@ -90,9 +91,10 @@ def main() -> int:
         args.cpu_clients = args.idle_clients = 1000
         args.levels = [500, 1000]
         args.window = 10.0
-    results = {"machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count(),
-                           "platform": platform.platform(), "openssl": ssl.OPENSSL_VERSION},
-               "date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args) | {"json": str(args.json)},
+    machine = {"python": platform.python_version(), "cpus": os.cpu_count(),
+               "platform": platform.platform(), "openssl": ssl.OPENSSL_VERSION}
+    results = {"machine": machine, "date": time.strftime("%Y-%m-%d %H:%M"),
+               "args": vars(args) | {"json": str(args.json)},
                "servers": [measure(server, args) for server in args.servers]}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from webscale.cli import main  # noqa: E402
+from webscale.cli import main
 
 if __name__ == "__main__":
     profiler = cProfile.Profile()

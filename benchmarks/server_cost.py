@@ -90,12 +90,19 @@ def start_server(kind: str, certs: Path, extra: list[str],
                  switch_interval: float | None = None) -> tuple[subprocess.Popen[str], int]:
     module = "webscale" if kind == "webscale" else "bench_client.asyncio_twin"
     argv = [sys.executable, "-m", module] + (["serve"] if kind == "webscale" else [])
+    preamble = os.environ.get("SERVER_PREAMBLE", "")
     if switch_interval is not None:
-        # Experiment knob: the GIL switch interval of the server process.
-        argv[1:3] = ["-c", f"import sys, runpy; sys.setswitchinterval({switch_interval}); "
+        preamble += f"; import sys; sys.setswitchinterval({switch_interval})"
+    if preamble:
+        # Experiment knobs: code run in the server process before it starts (GIL switch
+        # interval, gc thresholds, ...).
+        argv[1:3] = ["-c", f"{preamble.strip('; ')}; import sys, runpy; "
                      f"sys.argv[0] = {module!r}; runpy.run_module({module!r}, run_name='__main__')"]
     argv += ["--host", "127.0.0.1", "--port", "0", "--cert", str(certs / "server.pem"),
              "--key", str(certs / "server.key"), *extra]
+    if os.environ.get("SERVER_CPUS"):
+        # Experiment knob: pin the server to these CPUs (taskset list, e.g. "1").
+        argv = ["taskset", "-c", os.environ["SERVER_CPUS"], *argv]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout is not None
@@ -129,7 +136,8 @@ def run_point(server: str = "webscale", clients: int = 2000, rate: float = 1.0,
             argv += ["--procs", str(bench_procs)]
         bench = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
         t_start = time.monotonic()
-        while get_stats(port, ctx)["connections_total"] < clients + 1:
+        # >= clients: webscale also counts the /stats request itself, the twin does not.
+        while get_stats(port, ctx)["connections_total"] < clients:
             if time.monotonic() - t_start > 180 or bench.poll() is not None:
                 result["error"] = "clients did not all connect"
                 return result

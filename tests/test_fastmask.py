@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-import wsproto.frame_protocol as frame_protocol
+from wsproto import frame_protocol
 
 from webscale import fastmask
 

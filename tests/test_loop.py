@@ -63,8 +63,11 @@ def test_call_soon_threadsafe_wakes_a_blocked_select() -> None:
 def test_many_threadsafe_calls_all_run_in_order() -> None:
     loop = EventLoop()
     got: list[int] = []
-    threads = [threading.Thread(target=lambda base=base: [loop.call_soon_threadsafe(got.append, base + i) for i in range(1000)])  # type: ignore[misc]
-               for base in (0, 10_000)]
+    def produce(base: int) -> None:
+        for i in range(1000):
+            loop.call_soon_threadsafe(got.append, base + i)
+
+    threads = [threading.Thread(target=produce, args=(base,)) for base in (0, 10_000)]
     for t in threads:
         t.start()
     for t in threads:

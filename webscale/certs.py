@@ -162,7 +162,7 @@ def ensure_certs(
     paths = CertPaths.in_dir(out_dir)
     if paths.all_exist() and not force:
         return paths
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     existing = _load_ca(paths)
     if existing is None:
         ca_key = _new_key(rsa_bits)

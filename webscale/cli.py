@@ -20,7 +20,8 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     d = Config()
     add = p.add_argument
     add("--host", default=d.host, help="address to bind (default: %(default)s)")
-    add("--port", type=int, default=d.port, help="TCP port, 0 for any free one (default: %(default)s)")
+    add("--port", type=int, default=d.port,
+        help="TCP port, 0 for any free one (default: %(default)s)")
     add("--cert", type=Path, help="PEM certificate chain (default: certs/server.pem, generated on "
         "first start)")
     add("--key", type=Path, help="PEM private key matching --cert")

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Handler = Callable[["ConnectionHandle", Any], object]
+# One unit of pool work: per connection, its handle and the messages to handle in order.
+Unit = list[tuple["Inbox", "ConnectionHandle", tuple[str | bytes, ...]]]
 
 
 class Inbox(Protocol):
@@ -189,7 +191,7 @@ class Dispatcher:
             self._linger_timer = None
         self._ready = []
         self._ready_messages = 0
-        unit: list[tuple[Inbox, ConnectionHandle, tuple[str | bytes, ...]]] = []
+        unit: Unit = []
         count = 0
         for conn in ready:
             batch = tuple(conn.inbox)
@@ -204,7 +206,7 @@ class Dispatcher:
             self._submit(unit)
         self.stats.in_flight = self.in_flight_total
 
-    def _submit(self, unit: list[tuple[Inbox, ConnectionHandle, tuple[str | bytes, ...]]]) -> None:
+    def _submit(self, unit: Unit) -> None:
         self.units_in_pool += 1
         self.stats.pool_queue_depth = self.units_in_pool
         self.pool.submit(self._run_unit, unit)
@@ -259,7 +261,7 @@ class Dispatcher:
         self.pool.shutdown(wait=wait, cancel_futures=not wait)
 
     # -- pool threads -----------------------------------------------------------------------
-    def _run_unit(self, unit: list[tuple[Inbox, ConnectionHandle, tuple[str | bytes, ...]]]) -> None:
+    def _run_unit(self, unit: Unit) -> None:
         decoded = decode_errors = handler_errors = 0
         buckets = [0] * (len(HANDLER_BOUNDS) + 1)
         spent = 0.0

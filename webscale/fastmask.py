@@ -11,11 +11,13 @@ own masker does. Without the C extension nothing changes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-import wsproto.frame_protocol as frame_protocol
+from wsproto import frame_protocol
 
 logger = logging.getLogger(__name__)
 
+_apply_mask: Callable[[bytes | bytearray, bytes], bytes] | None
 try:
     from websockets.speedups import apply_mask as _apply_mask
 except ImportError:  # pragma: no cover - depends on the installed wheel
@@ -31,7 +33,8 @@ class CMasker:
     def process(self, data: bytes | bytearray) -> bytes:
         if not data:
             return b""
-        out: bytes = _apply_mask(data, self._key)  # type: ignore[misc]
+        assert _apply_mask is not None  # install() only swaps this class in when it exists
+        out = _apply_mask(data, self._key)
         rotation = len(data) % 4
         if rotation:
             key = self._key

@@ -6,7 +6,8 @@ queued with `call_soon` and the timers that are due, then the `before_wait` hook
 dispatcher hands the iteration's messages to the pool in one go). On Linux the poller is
 `select.epoll` used directly (level-triggered): `selectors.EpollSelector` builds a SelectorKey
 lookup per event, a measurable cost at tens of thousands of events a second. Elsewhere it is
-`selectors.DefaultSelector` (kqueue on BSD/macOS). Other threads never touch loop state: they use `call_soon_threadsafe`, which
+`selectors.DefaultSelector` (kqueue on BSD/macOS). Other threads never touch loop state: they
+use `call_soon_threadsafe`, which
 appends to a deque and writes one byte to a socketpair the selector watches. A pending-wake flag
 keeps that to one write per loop iteration however many pool threads report (curio's `wake()`).
 Signal handlers only set a flag; `signal.set_wakeup_fd` points at the same socketpair, so a signal

@@ -72,7 +72,7 @@ def render_prometheus(snapshot: dict[str, Any], labels: str = "") -> str:
             continue
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
         cumulative = 0
-        for bound, count in zip([*hist["bounds"], "+Inf"], hist["counts"]):
+        for bound, count in zip([*hist["bounds"], "+Inf"], hist["counts"], strict=True):
             cumulative += count
             lines.append(f'{name}_bucket{{{labels}{sep}le="{bound}"}} {cumulative}')
         lines.append(f"{name}_sum{_labels(labels)} {hist['sum']}")
