@@ -212,3 +212,29 @@ def test_sigterm_drains_in_flight_messages(server_factory: StartServer, tmp_path
     lines = handled_log.read_text().splitlines()
     assert len(lines) == clients * per_client
     assert len(set(lines)) == clients * per_client
+
+
+def test_drain_grace_answers_503_while_still_listening(server_factory: StartServer) -> None:
+    grace = 1.5 * UNIT
+    server = server_factory("--drain-grace", str(grace))
+
+    async def main() -> tuple[int | None, float]:
+        ctx = client_ssl_context(server.cafile)  # type: ignore[arg-type]
+        async with connect(server.url, ssl=ctx) as ws:
+            assert server.http_get("/healthz") == (200, b"ok\n")
+            server.signal(signal.SIGTERM)
+            started = time.monotonic()
+            # During the grace: still listening, health says 503, new upgrades get 503 ...
+            await asyncio.to_thread(wait_for, lambda: server.http_get("/healthz")[0] == 503)
+            with pytest.raises(Exception, match="503"):
+                await connect(server.url, ssl=ctx, open_timeout=5 * UNIT)
+            # ... while the existing WebSocket still works, until the grace ends with 1001.
+            await ws.send(telemetry_json(1, 1))
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10 * UNIT)
+            return ws.close_code, time.monotonic() - started
+
+    code, closed_after = asyncio.run(main())
+    assert code == 1001
+    assert closed_after >= grace * 0.9
+    assert server.wait() == 0

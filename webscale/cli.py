@@ -59,6 +59,10 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
              "less 64)")
     add("--shutdown-timeout", type=float, default=d.shutdown_timeout,
         help="seconds to drain on SIGTERM before exiting (default: %(default)s)")
+    add("--drain-grace", type=float, default=d.drain_grace,
+        help="seconds after SIGTERM of answering /healthz and upgrades with 503 while still "
+             "listening, before connections are closed: lets a load balancer's health checks "
+             "move clients elsewhere first (default: %(default)s)")
     add("--max-in-flight-per-connection", type=int, default=d.max_in_flight_per_connection,
         help="messages queued for the pool per connection before reading pauses "
              "(default: %(default)s)")

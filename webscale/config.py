@@ -61,6 +61,10 @@ class Config:
     # None: the open-files limit minus a reserve, decided at start-up (see limits.py).
     max_connections: int | None = None
     shutdown_timeout: float = 10.0
+    # Seconds after SIGTERM during which the server keeps listening but answers /healthz and
+    # new upgrades with 503, so a load balancer's health checks take it out of rotation before
+    # connections are closed. 0: close at once (no balancer, or one drained by hand).
+    drain_grace: float = 0.0
     # Messages handed to the pool but not yet handled, per connection and in all. At the bound
     # the loop stops reading that connection (TCP backpressure), so memory stays bounded.
     max_in_flight_per_connection: int = 64
@@ -90,7 +94,7 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         non_negative = ("ping_interval", "ping_timeout", "idle_timeout", "close_timeout",
-                        "shutdown_timeout")
+                        "shutdown_timeout", "drain_grace")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")

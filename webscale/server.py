@@ -362,12 +362,20 @@ class Server:
     def begin_shutdown(self, why: str) -> None:
         if self.draining:
             return
-        self.draining = True
-        self._drain_deadline = self.loop.time() + self.config.shutdown_timeout
+        self.draining = True  # from here /healthz and new upgrades get 503
+        grace = self.config.drain_grace
+        self._drain_deadline = self.loop.time() + grace + self.config.shutdown_timeout
         self.notifier.stopping(f"draining {len(self.connections)} connections")
-        logger.info("%s: draining %d connections, %d messages in flight (deadline %.1fs)",
-                    why, len(self.connections), self.dispatcher.in_flight_total,
-                    self.config.shutdown_timeout)
+        logger.info("%s: draining %d connections, %d messages in flight (grace %.1fs, deadline "
+                    "%.1fs)", why, len(self.connections), self.dispatcher.in_flight_total,
+                    grace, grace + self.config.shutdown_timeout)
+        if grace > 0:
+            self.loop.call_later(grace, self._close_for_shutdown)
+        else:
+            self._close_for_shutdown()
+
+    def _close_for_shutdown(self) -> None:
+        """Stop accepting, close every connection with 1001, then wait for the drain."""
         for listener in self._listeners:
             try:
                 self.loop.unregister(listener.sock)

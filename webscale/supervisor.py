@@ -494,7 +494,8 @@ class Supervisor:
                 if slot.restart_timer is not None:
                     slot.restart_timer.cancel()
                     slot.restart_timer = None
-            self.loop.call_later(self.config.shutdown_timeout + _DRAIN_MARGIN,
+            self.loop.call_later(self.config.drain_grace + self.config.shutdown_timeout
+                                 + _DRAIN_MARGIN,
                                  self._drain_deadline)
         for slot in self.slots:
             self._signal_worker(slot, signum)
