@@ -278,3 +278,13 @@ def test_large_random_message_roundtrip() -> None:
     proto = opened()
     payload = os.urandom(70000)
     assert proto.receive_data(masked_frame(0x2, payload)) == [MessageReceived(payload)]
+
+
+def test_head_request_gets_headers_only() -> None:
+    proto = ServerProtocol(ProtocolLimits())
+    assert proto.receive_data(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n") == [
+        HttpRequest("HEAD", "/healthz")]
+    proto.respond_http(200, b"ok\n", head_only=True)
+    out = proto.data_to_send()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n")
+    assert out.endswith(b"\r\n\r\n")

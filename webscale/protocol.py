@@ -372,7 +372,8 @@ class ServerProtocol:
 
     def respond_http(self, status: int, body: bytes,
                      content_type: bytes = b"text/plain; charset=utf-8",
-                     extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+                     extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+                     head_only: bool = False) -> None:
         """Answer a plain HTTP request (or refuse an upgrade) and close afterwards."""
         if self.phase is Phase.CLOSED:
             return
@@ -381,7 +382,7 @@ class ServerProtocol:
         headers = b"".join(b"%s: %s\r\n" % pair for pair in
                            ((b"Content-Type", content_type), (b"Connection", b"close"),
                             (b"Cache-Control", b"no-store"), *extra_headers))
-        self._out.append(head + headers + b"\r\n" + body)
+        self._out.append(head + headers + b"\r\n" + (b"" if head_only else body))
         self._h11 = None
         self._head = bytearray()
         if self.phase is not Phase.HTTP_RESPONSE:

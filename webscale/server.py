@@ -30,9 +30,8 @@ import time
 from types import FrameType
 from typing import Any, Protocol
 
-import orjson
 
-from . import limits, tls
+from . import limits, routes, tls
 from .config import Config
 from .connection import Connection, ConnState
 from .dispatch import Dispatcher, Handler, load_handler
@@ -113,8 +112,9 @@ class Server:
             deflate_window_bits=config.deflate_window_bits,
         )
         self.ssl_context = self._make_ssl_context() if config.tls else None
-        self.dispatcher = Dispatcher(self.loop, config, self.stats,
-                                     handler if handler is not None else load_handler(config.handler))
+        if handler is None:
+            handler = load_handler(config.handler)
+        self.dispatcher = Dispatcher(self.loop, config, self.stats, handler)
         self.max_connections = config.max_connections or _default_max_connections()
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
@@ -269,31 +269,7 @@ class Server:
         self.dispatcher.forget(conn)
 
     def respond_http(self, conn: Connection, request: HttpRequest) -> None:
-        """Plain HTTP on the WebSocket port: health, stats and metrics; anything else 426."""
-        from .metrics import render_prometheus
-
-        path = request.target.split("?", 1)[0]
-        routes = {"/healthz", "/stats", "/metrics"}
-        if path in routes and request.method not in ("GET", "HEAD"):
-            conn.proto.respond_http(405, b"method not allowed\n", extra_headers=((b"Allow", b"GET"),))
-        elif path == "/healthz":
-            if self.draining:
-                conn.proto.respond_http(503, b"draining\n")
-            else:
-                conn.proto.respond_http(200, b"ok\n")
-        elif path == "/stats":
-            conn.proto.respond_http(200, orjson.dumps(self.snapshot()),
-                                    content_type=b"application/json")
-        elif path == "/metrics":
-            if self.peer_stats is not None:
-                text = self.peer_stats.render_metrics(self.snapshot())
-            else:
-                text = render_prometheus(self.snapshot())
-            conn.proto.respond_http(200, text.encode(),
-                                    content_type=b"text/plain; version=0.0.4; charset=utf-8")
-        else:
-            conn.proto.respond_http(426, b"this endpoint speaks WebSocket\n",
-                                    extra_headers=((b"Upgrade", b"websocket"),))
+        routes.respond(self, conn, request)
 
     def snapshot(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
