@@ -57,7 +57,7 @@ class Inbox(Protocol):
     inbox: list[str | bytes]
     in_flight: int
     batch_running: bool
-    handle: ConnectionHandle
+    handle: ConnectionHandle | None  # set at the upgrade, before any message can arrive
 
     def apply_backpressure(self, paused: bool) -> None: ...
 
@@ -196,7 +196,9 @@ class Dispatcher:
         for conn in ready:
             batch = tuple(conn.inbox)
             conn.inbox.clear()
-            unit.append((conn, conn.handle, batch))
+            handle = conn.handle
+            assert handle is not None
+            unit.append((conn, handle, batch))
             count += len(batch)
             if count >= budget:
                 self._submit(unit)

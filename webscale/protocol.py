@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 import h11
 from wsproto import ConnectionType, WSConnection
@@ -32,7 +33,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
-from wsproto.extensions import PerMessageDeflate
+from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
 from . import fastmask
@@ -233,7 +234,7 @@ class ServerProtocol:
             return [self._refuse(400, str(exc))]
         if request is None:
             return [self._refuse(400, "incomplete WebSocket upgrade request")]
-        extensions = []
+        extensions: list[Extension] = []
         if self.limits.compression and request.extensions:
             extensions.append(PerMessageDeflate(
                 client_max_window_bits=self.limits.deflate_window_bits,
@@ -277,9 +278,9 @@ class ServerProtocol:
                     out.append(message)
             elif kind is Ping:
                 if ws.state is WsState.OPEN:
-                    self._out.append(ws.send(event.response()))  # type: ignore[union-attr]
+                    self._out.append(ws.send(cast(Ping, event).response()))
             elif kind is Pong:
-                out.append(PongReceived(bytes(event.payload)))  # type: ignore[union-attr]
+                out.append(PongReceived(bytes(cast(Pong, event).payload)))
             elif kind is CloseConnection:
                 out.append(self._on_close(event))  # type: ignore[arg-type]
                 break
@@ -288,7 +289,8 @@ class ServerProtocol:
     def _collect(self, event: TextMessage | BytesMessage) -> MessageReceived | None:
         if self._discarding or self.phase is Phase.CLOSED:
             return None
-        data = event.data
+        # wsproto hands bytes (not bytearray) for binary frames; say so for the type checker.
+        data = cast(str | bytes, event.data)
         size = len(data) + self._part_bytes
         if size > self.limits.max_message_size:
             self._discarding = True
@@ -299,8 +301,9 @@ class ServerProtocol:
         if event.message_finished:
             if self._parts:
                 self._parts.append(data)
-                joined: str | bytes = ("".join(self._parts) if isinstance(data, str)  # type: ignore[arg-type]
-                                       else b"".join(self._parts))  # type: ignore[arg-type]
+                joined: str | bytes = ("".join(cast(list[str], self._parts))
+                                       if isinstance(data, str)
+                                       else b"".join(cast(list[bytes], self._parts)))
                 self._parts.clear()
                 self._part_bytes = 0
                 return MessageReceived(joined)
