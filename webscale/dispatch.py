@@ -11,8 +11,8 @@ those connections ready again if more arrived meanwhile.
 Why units: `ThreadPoolExecutor.submit` and the completion wake-up cost more than decoding a small
 message, and each one is a GIL hand-off between the loop and a pool thread. So fast handlers are
 packed many messages to a unit (about 2 ms of work, from a moving average of the measured cost
-per message), while slow ones (a blocking database call) go one connection per unit so the
-pool's threads run them side by side.
+per message; a ready message waits up to --batch-linger, 2 ms, for company), while slow ones (a
+blocking database call) go one connection per unit so the pool's threads run them side by side.
 
 Backpressure: when a connection has `max_in_flight_per_connection` messages waiting or in the pool,
 or the server has `max_in_flight_total`, the connection stops reading (its socket leaves the
@@ -80,10 +80,6 @@ class UnitDone:
 # amortise the hand-off, short enough that results flow back steadily.
 _UNIT_TARGET_SECONDS = 0.002
 _UNIT_MAX_MESSAGES = 256
-# Fast messages wait at most this long for company before their unit is handed off. At
-# moderate load a loop iteration gathers only one or two messages, and a hand-off per iteration
-# costs more than the messages; 2 ms of added latency buys several-fold fewer GIL hand-offs.
-_LINGER_SECONDS = 0.002
 
 
 class ConnectionHandle:
@@ -136,6 +132,7 @@ class Dispatcher:
         # Resume globally paused connections only when well below the bound, so they do not
         # flap between paused and reading on every unit.
         self.total_resume = max(1, self.total_limit * 3 // 4)
+        self.linger = config.batch_linger
         self.pool = ThreadPoolExecutor(config.threads, thread_name_prefix="webscale-pool")
         self.in_flight_total = 0
         self.units_in_pool = 0
@@ -143,7 +140,7 @@ class Dispatcher:
         self.cost_per_message = 0.0001
         self._ready: list[Inbox] = []
         # Messages in the ready inboxes when they became ready (later arrivals are not counted:
-        # an undercount only lets a unit linger its 2 ms in full).
+        # an undercount only lets a unit linger its --batch-linger in full).
         self._ready_messages = 0
         self._ready_since = 0.0
         self._linger_timer: Timer | None = None
@@ -181,9 +178,9 @@ class Dispatcher:
                      max(1, int(_UNIT_TARGET_SECONDS / self.cost_per_message)))
         if not force and budget > 1 and self._ready_messages < budget:
             waited = self.loop.now - self._ready_since
-            if waited < _LINGER_SECONDS:
+            if waited < self.linger:
                 if self._linger_timer is None:
-                    self._linger_timer = self.loop.call_later(_LINGER_SECONDS - waited,
+                    self._linger_timer = self.loop.call_later(self.linger - waited,
                                                               self._linger_over)
                 return
         if self._linger_timer is not None:
