@@ -93,11 +93,12 @@ def main() -> int:
         args.window = 10.0
     machine = {"python": platform.python_version(), "cpus": os.cpu_count(),
                "platform": platform.platform(), "openssl": ssl.OPENSSL_VERSION}
-    results = {"machine": machine, "date": time.strftime("%Y-%m-%d %H:%M"),
-               "args": vars(args) | {"json": str(args.json)},
-               "servers": [measure(server, args) for server in args.servers]}
+    results: dict = {"machine": machine, "date": time.strftime("%Y-%m-%d %H:%M"),
+                     "args": vars(args) | {"json": str(args.json)}, "servers": []}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2))
+    for server in args.servers:
+        results["servers"].append(measure(server, args))
+        args.json.write_text(json.dumps(results, indent=2))  # keep what is done so far
     print(f"\n| server | CPU per message at {args.cpu_clients} clients | most clients kept up at "
           f"1 msg/s | memory per idle TLS connection | ping RTT p99 at {args.cpu_clients} |")
     print("|---|---|---|---|---|")

@@ -81,9 +81,17 @@ def tree_rss_bytes(root: int) -> int:
     return total
 
 
-def get_stats(port: int, ctx: ssl.SSLContext) -> dict:
-    with urllib.request.urlopen(f"https://127.0.0.1:{port}/stats", context=ctx, timeout=10) as r:
-        return json.load(r)
+def get_stats(port: int, ctx: ssl.SSLContext, attempts: int = 3) -> dict:
+    """The server's /stats; an overloaded server (the twin at 5,000 clients) may take a while."""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/stats", context=ctx,
+                                        timeout=30) as r:
+                return json.load(r)
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def start_server(kind: str, certs: Path, extra: list[str],
@@ -121,15 +129,38 @@ def run_point(server: str = "webscale", clients: int = 2000, rate: float = 1.0,
     certs = ensure_certs(ROOT / "certs")
     ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
     proc, port = start_server(server, certs.ca_cert.parent, server_args or [], switch_interval)
-    bench = None
     bench_json = Path(f"/tmp/server_cost_bench_{os.getpid()}.json")
     result: dict = {"server": server, "clients": clients, "rate": rate}
+    try:
+        return _measure(proc, port, ctx, certs.ca_cert, bench_json, result, clients, rate, size,
+                        window, settle, ramp, ping_sample, bench_procs)
+    except OSError as exc:
+        result["error"] = f"server stopped answering /stats: {exc}"
+        return result
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _measure(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, cafile: Path,
+             bench_json: Path, result: dict, clients: int, rate: float, size: int,
+             window: float, settle: float, ramp: int, ping_sample: int,
+             bench_procs: int | None) -> dict:
+    bench = None
     try:
         time.sleep(0.5)
         rss_idle = tree_rss_bytes(proc.pid)
         duration = settle + window + 30 + clients / ramp
         argv = [sys.executable, "-m", "bench_client", "--url", f"wss://127.0.0.1:{port}/",
-                "--cafile", str(certs.ca_cert), "--clients", str(clients), "--rate", str(rate),
+                "--cafile", str(cafile), "--clients", str(clients), "--rate", str(rate),
                 "--size", str(size), "--duration", str(duration), "--ramp", str(ramp),
                 "--ping-sample", str(ping_sample), "--quiet", "--json", str(bench_json)]
         if bench_procs:
@@ -140,35 +171,11 @@ def run_point(server: str = "webscale", clients: int = 2000, rate: float = 1.0,
         while get_stats(port, ctx)["connections_total"] < clients:
             if time.monotonic() - t_start > 180 or bench.poll() is not None:
                 result["error"] = "clients did not all connect"
-                return result
+                break
             time.sleep(0.2)
-        connected_in = time.monotonic() - t_start
-        time.sleep(settle)
-        s0, c0, t0 = get_stats(port, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
-        th0 = thread_cpu_seconds(proc.pid)
-        time.sleep(window)
-        rss_loaded = tree_rss_bytes(proc.pid)
-        s1, c1, t1 = get_stats(port, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
-        th1 = thread_cpu_seconds(proc.pid)
-        decoded = s1["messages_decoded"] - s0["messages_decoded"]
-        received = s1["messages_received"] - s0["messages_received"]
-        elapsed = t1 - t0
-        result.update({
-            "window_s": round(elapsed, 2), "connect_all_s": round(connected_in, 2),
-            "offered_msgs_per_s": clients * rate,
-            "decoded_msgs_per_s": round(decoded / elapsed, 1),
-            "received_msgs_per_s": round(received / elapsed, 1),
-            "server_cpu_percent": round(100 * (c1 - c0) / elapsed, 1),
-            "server_cpu_us_per_msg": round(1e6 * (c1 - c0) / max(decoded, 1), 1),
-            "main_thread_cpu_us_per_msg": round(1e6 * (th1["loop"] - th0["loop"])
-                                                / max(decoded, 1), 1),
-            "other_threads_cpu_us_per_msg": round(1e6 * (th1["others"] - th0["others"])
-                                                  / max(decoded, 1), 1),
-            "rss_idle_mb": round(rss_idle / 2**20, 1),
-            "rss_loaded_mb": round(rss_loaded / 2**20, 1),
-            "rss_per_conn_kb": round((rss_loaded - rss_idle) / clients / 1024, 1),
-            "in_flight_end": s1.get("in_flight"),
-        })
+        if "error" not in result:
+            _window(proc, port, ctx, result, clients, rate, window, settle, rss_idle,
+                    time.monotonic() - t_start)
     finally:
         if bench is not None and bench.poll() is None:
             bench.send_signal(signal.SIGINT)
@@ -176,11 +183,6 @@ def run_point(server: str = "webscale", clients: int = 2000, rate: float = 1.0,
                 bench.wait(90)
             except subprocess.TimeoutExpired:
                 bench.kill()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     try:
         report = json.loads(bench_json.read_text())
         result["bench"] = {k: report.get(k) for k in ("ping_rtt_s", "send_lateness_s",
@@ -189,6 +191,37 @@ def run_point(server: str = "webscale", clients: int = 2000, rate: float = 1.0,
     except (OSError, ValueError):
         pass
     return result
+
+
+def _window(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, result: dict,
+            clients: int, rate: float, window: float, settle: float, rss_idle: int,
+            connected_in: float) -> None:
+    time.sleep(settle)
+    s0, c0, t0 = get_stats(port, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
+    th0 = thread_cpu_seconds(proc.pid)
+    time.sleep(window)
+    rss_loaded = tree_rss_bytes(proc.pid)
+    s1, c1, t1 = get_stats(port, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
+    th1 = thread_cpu_seconds(proc.pid)
+    decoded = s1["messages_decoded"] - s0["messages_decoded"]
+    received = s1["messages_received"] - s0["messages_received"]
+    elapsed = t1 - t0
+    result.update({
+        "window_s": round(elapsed, 2), "connect_all_s": round(connected_in, 2),
+        "offered_msgs_per_s": clients * rate,
+        "decoded_msgs_per_s": round(decoded / elapsed, 1),
+        "received_msgs_per_s": round(received / elapsed, 1),
+        "server_cpu_percent": round(100 * (c1 - c0) / elapsed, 1),
+        "server_cpu_us_per_msg": round(1e6 * (c1 - c0) / max(decoded, 1), 1),
+        "main_thread_cpu_us_per_msg": round(1e6 * (th1["loop"] - th0["loop"])
+                                            / max(decoded, 1), 1),
+        "other_threads_cpu_us_per_msg": round(1e6 * (th1["others"] - th0["others"])
+                                              / max(decoded, 1), 1),
+        "rss_idle_mb": round(rss_idle / 2**20, 1),
+        "rss_loaded_mb": round(rss_loaded / 2**20, 1),
+        "rss_per_conn_kb": round((rss_loaded - rss_idle) / clients / 1024, 1),
+        "in_flight_end": s1.get("in_flight"),
+    })
 
 
 def main() -> int:
