@@ -22,8 +22,11 @@ def server_factory(certs: Path, tmp_path: Path) -> Iterator[Callable[..., Server
     """Start real server processes on 127.0.0.1:0; every one is stopped (by pid) afterwards."""
     started: list[ServerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        server = start_server(list(args), certs=certs, tmp_path=tmp_path, env=env)
+    def start(*args: str, env: dict[str, str] | None = None,
+              wrapper: list[str] | None = None) -> ServerProcess:
+        """`wrapper` runs the server under another command (e.g. prlimit)."""
+        server = start_server(list(args), certs=certs, tmp_path=tmp_path, env=env,
+                              wrapper=wrapper)
         started.append(server)
         return server
 
