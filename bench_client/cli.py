@@ -220,7 +220,8 @@ class Runner:
             if plan.index not in self.finals:
                 merged["failed"] += plan.clients
                 reasons = merged["failure_reasons"]
-                reasons["worker process lost"] = reasons.get("worker process lost", 0) + plan.clients
+                lost = reasons.get("worker process lost", 0)
+                reasons["worker process lost"] = lost + plan.clients
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         own = resource.getrusage(resource.RUSAGE_SELF)
         cpu = {"user_s": children.ru_utime + own.ru_utime,

@@ -251,7 +251,8 @@ class ClientConnection:
             self._write_message(scheduled)
             self._flush()
         following = scheduled + interval
-        self._send_timer = self.loop.call_at(following, lambda: self._send_tick(following, interval))
+        self._send_timer = self.loop.call_at(
+            following, lambda: self._send_tick(following, interval))
 
     def _write_message(self, scheduled: float) -> None:
         now = time.monotonic()

@@ -20,7 +20,8 @@ TRACEBACK_FRAMES = 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_client.traced", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench_client.traced",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="file to write {'tracemalloc_peak': bytes}")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="-- -m MODULE ARGS... (the module to run and its arguments)")

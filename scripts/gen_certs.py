@@ -12,12 +12,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from webscale.certs import ensure_certs  # noqa: E402
+from webscale.certs import ensure_certs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("certs"), help="output directory (default: certs/)")
+    parser.add_argument("--out", type=Path, default=Path("certs"),
+                        help="output directory (default: certs/)")
     parser.add_argument("--rsa", type=int, metavar="BITS", default=None,
                         help="RSA key size instead of ECDSA P-256 (handshakes cost ~10x more)")
     parser.add_argument("--san", action="append", default=[], metavar="NAME",

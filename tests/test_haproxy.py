@@ -225,7 +225,7 @@ def test_clients_spread_over_two_servers_and_survive_losing_one(
         results = await asyncio.gather(*(open_client() for _ in dropped), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         assert not failures, f"{len(failures)} reconnects failed: {failures[:3]!r}"
-        for i, ws in zip(dropped, results):
+        for i, ws in zip(dropped, results, strict=True):
             websockets[i] = ws  # type: ignore[assignment]
         await asyncio.gather(*(send_one(websockets[i], i, 1) for i in dropped))
         await asyncio.to_thread(

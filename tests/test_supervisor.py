@@ -79,7 +79,8 @@ def test_stats_and_metrics_name_the_worker(server_factory: StartServer) -> None:
 
 
 def test_merge_families_keeps_each_family_together() -> None:
-    one = "# HELP a x\n# TYPE a gauge\na{worker=\"0\"} 1\n# HELP b y\n# TYPE b counter\nb{worker=\"0\"} 2\n"
+    one = ("# HELP a x\n# TYPE a gauge\na{worker=\"0\"} 1\n"
+           "# HELP b y\n# TYPE b counter\nb{worker=\"0\"} 2\n")
     two = one.replace('"0"', '"1"')
     assert _merge_families([one, two]).splitlines() == [
         "# HELP a x", "# TYPE a gauge", 'a{worker="0"} 1', 'a{worker="1"} 1',
