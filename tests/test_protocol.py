@@ -165,6 +165,8 @@ def test_invalid_utf8_closes_1007() -> None:
     events = proto.receive_data(masked_frame(0x1, b"\xff\xfe"))
     assert [type(e) for e in events] == [Closed]
     assert events[0].code == 1007  # type: ignore[union-attr]
+    assert proto.phase is Phase.FAILING
+    proto.fail_now()
     assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1007) +
                                                 b"invalid message data")
     assert proto.transport_should_close
@@ -176,6 +178,7 @@ def test_protocol_violations_close_1002(frame: bytes) -> None:
     proto = opened()
     events = proto.receive_data(frame)
     assert [(type(e), e.code) for e in events] == [(Closed, 1002)]  # type: ignore[union-attr]
+    proto.fail_now()
     assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1002) + b"protocol error")
     assert proto.transport_should_close
 
@@ -186,8 +189,34 @@ def test_invalid_close_code_is_answered_1002() -> None:
         proto = opened()
         events = proto.receive_data(masked_frame(0x8, struct.pack("!H", code)))
         assert [(type(e), e.code) for e in events] == [(Closed, 1002)], code  # type: ignore[union-attr]
+        proto.fail_now()
         assert proto.data_to_send() == server_frame(
             0x8, struct.pack("!H", 1002) + b"protocol error"), code
+
+
+def test_violation_after_a_message_lets_its_reply_out_first() -> None:
+    """Autobahn 3.2-ish: a good message and a bad frame in one read. The message is delivered,
+    its reply may still be sent, and only then does the close frame go (no reply is lost)."""
+    proto = opened()
+    events = proto.receive_data(masked_frame(0x1, b"good") + masked_frame(0x1, b"x", rsv=4))
+    assert events == [MessageReceived("good"), Closed(1002, events[1].reason, False)]  # type: ignore[union-attr]
+    assert proto.phase is Phase.FAILING
+    assert proto.data_to_send() == b""  # the close waits
+    assert proto.receive_data(masked_frame(0x1, b"ignored")) == []  # nothing more is read
+    assert not proto.send_ping(b"p")
+    assert proto.send_message("good")  # the reply to what came before still goes
+    proto.fail_now()
+    assert proto.data_to_send() == (server_frame(0x1, b"good") + server_frame(
+        0x8, struct.pack("!H", 1002) + b"protocol error"))
+    assert proto.transport_should_close
+    assert not proto.send_message("late")
+
+
+def test_close_while_failing_sends_the_protocol_code() -> None:
+    proto = opened()
+    proto.receive_data(masked_frame(0x3, b"x"))
+    proto.close(1001, "going away")
+    assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1002) + b"protocol error")
 
 
 def test_unmasked_client_frame_closes_1002() -> None:

@@ -235,9 +235,17 @@ class Connection:
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("conn %d: handshake refused %d: %s", self.conn_id,
                                  event.status, event.reason)  # type: ignore[union-attr]
-        if self.proto.phase is Phase.CLOSING and self.state is ConnState.OPEN:
+        phase = self.proto.phase
+        if phase is Phase.CLOSING and self.state is ConnState.OPEN:
             self._enter(ConnState.CLOSING, "protocol closing")
             self._arm_close_timer()
+        elif phase is Phase.FAILING:
+            # A protocol error: the close frame goes out once the pool has answered what came
+            # before it (batch_done), or after --close-timeout at the latest.
+            if self.in_flight == 0:
+                self.proto.fail_now()
+            else:
+                self._arm_close_timer()
 
     def _on_upgraded(self) -> None:
         self._enter(ConnState.OPEN, "WebSocket upgrade")
@@ -329,6 +337,13 @@ class Connection:
         if not paused and tls.pending_plaintext(self.sock):
             self.loop.call_soon(self.on_readable)
 
+    def batch_done(self) -> None:
+        """The pool finished a batch of this connection's messages (their replies are out)."""
+        if (self.in_flight == 0 and self.proto.phase is Phase.FAILING
+                and self.state is not ConnState.CLOSED):
+            self.proto.fail_now()
+            self._flush()
+
     def send_from_handler(self, data: str | bytes) -> None:
         if self.state is not ConnState.OPEN:
             return
@@ -400,6 +415,10 @@ class Connection:
 
     def _close_timed_out(self) -> None:
         self.close_timer = None
+        if self.proto.phase is Phase.FAILING:
+            self.proto.fail_now()  # the pool is still busy with earlier messages: stop waiting
+            self._flush()
+            return
         if self.state is not ConnState.CLOSED:
             self._record_close(self.proto.local_close_code or 1006)
             self.proto.abort()

@@ -61,6 +61,8 @@ class Inbox(Protocol):
 
     def apply_backpressure(self, paused: bool) -> None: ...
 
+    def batch_done(self) -> None: ...
+
     def close_from_handler(self, code: int, reason: str) -> None: ...
 
 
@@ -227,6 +229,7 @@ class Dispatcher:
             if (conn.in_flight < self.per_connection_limit
                     and conn.conn_id not in self._globally_paused):
                 conn.apply_backpressure(False)
+            conn.batch_done()
         self.in_flight_total -= handled
         stats.in_flight = self.in_flight_total
         stats.messages_handled += handled

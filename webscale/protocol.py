@@ -48,6 +48,8 @@ class Phase(enum.Enum):
     REQUEST_HEAD = "request-head"   # reading the HTTP request head
     HTTP_RESPONSE = "http-response"  # a plain HTTP request is being answered, then close
     OPEN = "open"                   # WebSocket established
+    FAILING = "failing"             # the peer broke the protocol: replies to what it sent
+                                    # before still go out, then fail_now() sends the close
     CLOSING = "closing"             # our close frame sent, waiting for the peer's
     CLOSED = "closed"               # nothing more to read or send; drop the transport
 
@@ -55,7 +57,8 @@ class Phase(enum.Enum):
 _ALLOWED: dict[Phase, frozenset[Phase]] = {
     Phase.REQUEST_HEAD: frozenset({Phase.HTTP_RESPONSE, Phase.OPEN, Phase.CLOSED}),
     Phase.HTTP_RESPONSE: frozenset({Phase.CLOSED}),
-    Phase.OPEN: frozenset({Phase.CLOSING, Phase.CLOSED}),
+    Phase.OPEN: frozenset({Phase.FAILING, Phase.CLOSING, Phase.CLOSED}),
+    Phase.FAILING: frozenset({Phase.CLOSED}),
     Phase.CLOSING: frozenset({Phase.CLOSED}),
     Phase.CLOSED: frozenset(),
 }
@@ -329,20 +332,33 @@ class ServerProtocol:
                 self._move(Phase.CLOSED, f"close complete {event.code}")
             return Closed(code, event.reason or "", by_peer)
         # Still OPEN/LOCAL_CLOSING: wsproto found a protocol violation (ParseFailed) and reports
-        # the code to fail the connection with (1002, 1007, ...). Send it and drop TCP.
-        if state is WsState.OPEN:
-            # wsproto's reason is a parser message; the peer gets a fixed phrase instead.
-            reason = _CLOSE_REASONS.get(event.code, "")
-            self._out.append(ws.send(CloseConnection(event.code, reason)))
+        # the code to fail the connection with (1002, 1007, ...). Nothing more is read. The
+        # close frame waits in FAILING until the replies to messages received before the
+        # violation are out (the connection calls fail_now()), so none of them is lost.
         self._close_code = self._close_code or event.code
-        self._move(Phase.CLOSED, f"protocol error {event.code}")
+        if state is WsState.OPEN:
+            self._move(Phase.FAILING, f"protocol error {event.code}")
+        else:
+            self._move(Phase.CLOSED, f"protocol error {event.code} while closing")
         return Closed(event.code, event.reason or "", False)
+
+    def fail_now(self) -> None:
+        """Send the close frame of a protocol failure (FAILING); then drop the transport."""
+        if self.phase is not Phase.FAILING:
+            return
+        assert self._ws is not None
+        # wsproto's reason is a parser message; the peer gets a fixed phrase instead.
+        code = self._close_code
+        self._out.append(self._ws.send(CloseConnection(code, _CLOSE_REASONS.get(code, ""))))
+        self._move(Phase.CLOSED, f"failed with {code}")
 
     # -- output ---------------------------------------------------------------------------
     def send_message(self, data: str | bytes) -> bool:
         """Queue a message; False when the connection can no longer send."""
         ws = self._ws
-        if self.phase is not Phase.OPEN or ws is None or ws.state is not WsState.OPEN:
+        phase = self.phase
+        if ((phase is not Phase.OPEN and phase is not Phase.FAILING) or ws is None
+                or ws.state is not WsState.OPEN):
             return False
         if isinstance(data, str):
             self._out.append(ws.send(TextMessage(data=data)))
@@ -365,6 +381,8 @@ class ServerProtocol:
                 self._out.append(self._ws.send(CloseConnection(code, reason)))
             self._close_code = code
             self._move(Phase.CLOSING, f"local close {code}")
+        elif self.phase is Phase.FAILING:
+            self.fail_now()  # the protocol error's code is the one the peer must see
         elif self.phase is Phase.REQUEST_HEAD:
             self._move(Phase.CLOSED, f"local close {code} before upgrade")
 
