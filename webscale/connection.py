@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, cast
 
 from . import tls
 from .dispatch import ConnectionHandle
-from .errors import StateError
+from .states import check_move
 from .loop import EVENT_READ, EVENT_WRITE, Timer
 from .protocol import (
     Closed,
@@ -109,12 +109,7 @@ class Connection:
 
     # -- state ------------------------------------------------------------------------------
     def _enter(self, to: ConnState, why: str) -> None:
-        if to not in _ALLOWED[self.state]:
-            raise StateError(f"conn {self.conn_id}: cannot move from {self.state.value} to "
-                             f"{to.value} on {why}")
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("conn %d: %s -> %s (%s)", self.conn_id, self.state.value, to.value, why)
-        self.state = to
+        self.state = check_move(_ALLOWED, self.state, to, why, self.conn_id, logger)
 
     # -- selector callbacks -----------------------------------------------------------------
     def on_readable(self) -> None:

@@ -37,7 +37,7 @@ from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
 from . import fastmask
-from .errors import StateError
+from .states import check_move
 
 fastmask.install()
 
@@ -152,12 +152,7 @@ class ServerProtocol:
 
     # -- state ----------------------------------------------------------------------------
     def _move(self, to: Phase, why: str) -> None:
-        if to not in _ALLOWED[self.phase]:
-            raise StateError(f"connection {self.conn_id}: cannot move from {self.phase.value} "
-                             f"to {to.value} on {why}")
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("conn %d: %s -> %s (%s)", self.conn_id, self.phase.value, to.value, why)
-        self.phase = to
+        self.phase = check_move(_ALLOWED, self.phase, to, why, self.conn_id, logger)
 
     @property
     def transport_should_close(self) -> bool:
