@@ -33,10 +33,11 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
-from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.extensions import Extension
 from wsproto.utilities import RemoteProtocolError
 
 from . import fastmask
+from .deflate import NegotiatedDeflate
 from .states import check_move
 
 fastmask.install()
@@ -234,7 +235,7 @@ class ServerProtocol:
             return [self._refuse(400, "incomplete WebSocket upgrade request")]
         extensions: list[Extension] = []
         if self.limits.compression and request.extensions:
-            extensions.append(PerMessageDeflate(
+            extensions.append(NegotiatedDeflate(
                 client_max_window_bits=self.limits.deflate_window_bits,
                 server_max_window_bits=self.limits.deflate_window_bits))
         try:
