@@ -5,7 +5,6 @@ Every default says why. Limits are compared with other servers' where that helps
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
@@ -127,6 +126,3 @@ class Config:
         return {f.name: (str(v) if isinstance(v := getattr(self, f.name), Path) else v)
                 for f in fields(self)}
 
-
-def cpu_count() -> int:
-    return os.cpu_count() or 1

@@ -248,7 +248,6 @@ class Connection:
             self.handshake_timer.cancel()
             self.handshake_timer = None
         self.handle = ConnectionHandle(self.loop, self, self.address)
-        self.server.connection_upgraded(self)
         self._arm_keepalive()
 
     def _on_closed(self, event: Closed) -> None:

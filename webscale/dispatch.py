@@ -26,6 +26,7 @@ socket or loop state.
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import logging
 import time
@@ -312,7 +313,5 @@ class Dispatcher:
 
 
 def _bucket(seconds: float) -> int:
-    for i, bound in enumerate(HANDLER_BOUNDS):
-        if seconds <= bound:
-            return i
-    return len(HANDLER_BOUNDS)
+    """Index of the first bound >= seconds (the last bucket is +Inf), as Histogram.observe."""
+    return bisect.bisect_left(HANDLER_BOUNDS, seconds)

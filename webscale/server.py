@@ -260,9 +260,6 @@ class Server:
             self.loop.register(listener.sock, EVENT_READ, listener)
 
     # -- connection callbacks ---------------------------------------------------------------
-    def connection_upgraded(self, conn: Connection) -> None:
-        pass  # the count of open WebSockets is derived on demand (see websockets_open)
-
     def connection_closed(self, conn: Connection) -> None:
         self.connections.pop(conn.conn_id, None)
         self.stats.connections_open = len(self.connections)

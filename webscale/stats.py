@@ -27,9 +27,6 @@ class Histogram:
         self.total += value
         self.count += 1
 
-    def bucket_index(self, value: float) -> int:
-        return bisect.bisect_left(self.bounds, value)
-
     def merge(self, counts: list[int] | tuple[int, ...], total: float) -> None:
         for i, n in enumerate(counts):
             self.counts[i] += n
