@@ -99,13 +99,18 @@ class ServerProcess:
             self.proc.stdout.close()
 
 
+WEBSCALE = ["-m", "webscale", "serve"]
+TWIN = ["-m", "bench_client.asyncio_twin"]
+
+
 def start_server(args: list[str], *, certs: Path | None, tmp_path: Path,
-                 env: dict[str, str] | None = None, module: str = "webscale",
+                 env: dict[str, str] | None = None, command: list[str] = WEBSCALE,
                  wrapper: list[str] | None = None) -> ServerProcess:
-    """Start `python -m webscale serve --port 0 ...` and wait for its 'listening on' line."""
+    """Start `python -m webscale serve --port 0 ...` (or another server `command` that prints the
+    same 'listening on' line, such as the asyncio twin) and wait for that line."""
     tls = "--no-tls" not in args
-    argv = [*(wrapper or []), sys.executable, "-m", module, "serve", "--host", "127.0.0.1",
-            "--port", "0", *args]
+    argv = [*(wrapper or []), sys.executable, *command, "--host", "127.0.0.1", "--port", "0",
+            *args]
     if tls and certs is not None and "--cert" not in args:
         argv += ["--cert", str(certs / "server.pem"), "--key", str(certs / "server.key")]
     stderr_path = tmp_path / f"server-{len(list(tmp_path.glob('server-*.log')))}.log"

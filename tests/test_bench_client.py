@@ -7,23 +7,21 @@ a subprocess with `--json`, and check its report against the server's own /stats
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import selectors
 import socket
-import ssl
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from helpers import TWIN, UNIT, ServerProcess, start_server, wait_for
 from bench_client.config import BenchConfig, parse_source_addrs, split_plans, worker_count
 from bench_client.errors import ConfigError, FrameError, HandshakeError
 from bench_client.payload import (
@@ -42,7 +40,6 @@ from bench_client.protocol import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-UNIT = float(os.environ.get("WEBSCALE_TEST_TIMEOUT_SCALE", "1"))  # scales every deadline below
 
 
 # -- payload ----------------------------------------------------------------------------------
@@ -206,85 +203,9 @@ def test_bad_urls_are_config_errors() -> None:
 # -- real servers -----------------------------------------------------------------------------
 
 
-class ServerProcess:
-    """A server subprocess that announces `listening on wss://HOST:PORT` on stdout."""
-
-    def __init__(self, argv: list[str], cafile: Path, tls: bool = True) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-        self.cafile = cafile
-        self.tls = tls
-        self.process = subprocess.Popen(
-            [sys.executable, *argv], cwd=REPO, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        try:
-            line = self._read_line(deadline=time.monotonic() + 15 * UNIT)
-            scheme, _, address = line.partition("://")
-            assert scheme in ("listening on ws", "listening on wss"), line
-            host, _, port = address.rstrip("/").rpartition(":")
-            self.host, self.port = host, int(port)
-        except BaseException:
-            self.stop()  # never leave a server behind
-            raise
-        self.url = f"{'wss' if tls else 'ws'}://{self.host}:{self.port}/"
-
-    def _read_line(self, deadline: float) -> str:
-        assert self.process.stdout is not None
-        selector = selectors.DefaultSelector()
-        selector.register(self.process.stdout, selectors.EVENT_READ)
-        buffered = b""
-        try:
-            while b"\n" not in buffered:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.process.poll() is not None:
-                    self.stop()
-                    stderr = self.process.stderr.read().decode() if self.process.stderr else ""
-                    raise AssertionError(f"server did not announce itself: {buffered!r} {stderr}")
-                if selector.select(remaining):
-                    chunk = os.read(self.process.stdout.fileno(), 4096)
-                    buffered += chunk
-        finally:
-            selector.close()
-        return buffered.split(b"\n", 1)[0].decode().strip()
-
-    def stats(self) -> dict[str, Any]:
-        if self.tls:
-            context = ssl.create_default_context(cafile=str(self.cafile))
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                self.host, self.port, context=context, timeout=5 * UNIT)
-        else:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=5 * UNIT)
-        try:
-            conn.request("GET", "/stats")
-            response = conn.getresponse()
-            assert response.status == 200
-            result: dict[str, Any] = json.loads(response.read())
-            return result
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()  # by pid: only the process this helper started
-            try:
-                self.process.wait(10 * UNIT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5 * UNIT)
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("certs")
-    subprocess.run([sys.executable, str(REPO / "scripts" / "gen_certs.py"), "--out", str(out)],
-                   check=True, capture_output=True, timeout=30 * UNIT)
-    return out
-
-
-def _start(argv: list[str], certs: Path, tls: bool = True) -> Iterator[ServerProcess]:
-    extra = ["--cert", str(certs / "server.pem"), "--key", str(certs / "server.key")]
-    server = ServerProcess([*argv, "--host", "127.0.0.1", "--port", "0",
-                            *(extra if tls else ["--no-tls"])], certs / "ca.pem", tls)
+@pytest.fixture
+def twin(certs: Path, tmp_path: Path) -> Iterator[ServerProcess]:
+    server = start_server([], certs=certs, tmp_path=tmp_path, command=TWIN)
     try:
         yield server
     finally:
@@ -292,26 +213,8 @@ def _start(argv: list[str], certs: Path, tls: bool = True) -> Iterator[ServerPro
 
 
 @pytest.fixture
-def twin(certs: Path) -> Iterator[ServerProcess]:
-    yield from _start(["-m", "bench_client.asyncio_twin"], certs)
-
-
-def _webscale_can_serve() -> bool:
-    try:
-        from webscale import cli  # noqa: F401
-    except ImportError:
-        return False
-    result = subprocess.run([sys.executable, "-m", "webscale", "serve", "--help"], cwd=REPO,
-                            check=False, capture_output=True, timeout=30 * UNIT,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
-    return result.returncode == 0
-
-
-@pytest.fixture
-def webscale(certs: Path) -> Iterator[ServerProcess]:
-    if not _webscale_can_serve():
-        pytest.skip("webscale has no `serve` command yet")
-    yield from _start(["-m", "webscale", "serve"], certs)
+def webscale(webscale_server: ServerProcess) -> ServerProcess:
+    return webscale_server
 
 
 def run_bench(tmp_path: Path, *args: str, timeout: float = 30.0) -> tuple[int, dict[str, Any], str]:
@@ -323,14 +226,6 @@ def run_bench(tmp_path: Path, *args: str, timeout: float = 30.0) -> tuple[int, d
     )
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     return result.returncode, report, result.stdout + result.stderr
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout * UNIT
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _check_200_clients(server: ServerProcess, tmp_path: Path) -> None:
@@ -355,7 +250,7 @@ def _check_200_clients(server: ServerProcess, tmp_path: Path) -> None:
         stats = server.stats()
         return int(stats["messages_decoded"]) - int(before["messages_decoded"]) >= written
 
-    wait_for(decoded_all, 10, "the server to decode every message written")
+    wait_for(decoded_all, 10, what="the server to decode every message written")
     after = server.stats()
     assert after["messages_decoded"] - before["messages_decoded"] == written
     assert after["messages_received"] - before["messages_received"] == written
@@ -363,7 +258,8 @@ def _check_200_clients(server: ServerProcess, tmp_path: Path) -> None:
     # >=: a server may count its plain-HTTP /stats connections too (webscale does)
     assert after["connections_total"] - before["connections_total"] >= 200
     # <= 1: a server may count the /stats request's own connection as open (webscale does)
-    wait_for(lambda: server.stats()["connections_open"] <= 1, 10, "every connection to close")
+    wait_for(lambda: server.stats()["connections_open"] <= 1, 10,
+             what="every connection to close")
 
 
 def test_200_clients_against_the_asyncio_twin(twin: ServerProcess, tmp_path: Path) -> None:
@@ -374,8 +270,9 @@ def test_200_clients_against_webscale(webscale: ServerProcess, tmp_path: Path) -
     _check_200_clients(webscale, tmp_path)
 
 
-def test_plain_ws_from_several_source_addresses(certs: Path, tmp_path: Path) -> None:
-    for server in _start(["-m", "bench_client.asyncio_twin"], certs, tls=False):
+def test_plain_ws_from_several_source_addresses(tmp_path: Path) -> None:
+    server = start_server(["--no-tls"], certs=None, tmp_path=tmp_path, command=TWIN)
+    try:
         rc, report, output = run_bench(tmp_path, "--url", server.url, "--clients", "20",
                                        "--rate", "5", "--duration", "1", "--procs", "2",
                                        "--source-addrs", "127.0.0.2-127.0.0.5")
@@ -383,9 +280,10 @@ def test_plain_ws_from_several_source_addresses(certs: Path, tmp_path: Path) -> 
         assert report["connections"]["established"] == 20
         written = report["messages"]["written"]
         assert written >= 20 * 5
-        wait_for(lambda: server.stats()["messages_decoded"] == written, 10,  # noqa: B023
-                 "decode")
+        wait_for(lambda: server.stats()["messages_decoded"] == written, 10, what="decode")
         assert server.stats()["peer_hosts"] == 4  # 127.0.0.2 .. 127.0.0.5, round-robin
+    finally:
+        server.stop()
 
 
 def test_closed_port_fails_every_connection_quickly(tmp_path: Path) -> None:
