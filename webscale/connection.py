@@ -122,7 +122,8 @@ class Connection:
             if self.write_wants_read:
                 self.write_wants_read = False
                 self._flush()
-            if not self.reading_paused or self.read_wants_write:
+            # (read_wants_write is served by on_writable; the flush may have closed us.)
+            if not self.reading_paused and self.state is not ConnState.CLOSED:
                 self._read()
         except Exception as exc:  # the boundary: one connection fails, not all
             self._fail_unexpectedly(exc)
