@@ -111,6 +111,11 @@ class Connection:
     def _enter(self, to: ConnState, why: str) -> None:
         self.state = check_move(_ALLOWED, self.state, to, why, self.conn_id, logger)
 
+    @property
+    def closed(self) -> bool:
+        # A method, not an inline test: mypy would keep the state narrowed across _flush().
+        return self.state is ConnState.CLOSED
+
     # -- selector callbacks -----------------------------------------------------------------
     def on_readable(self) -> None:
         if self.state is ConnState.CLOSED:
@@ -123,7 +128,7 @@ class Connection:
                 self.write_wants_read = False
                 self._flush()
             # (read_wants_write is served by on_writable; the flush may have closed us.)
-            if not self.reading_paused and self.state is not ConnState.CLOSED:
+            if not self.reading_paused and not self.closed:
                 self._read()
         except Exception as exc:  # the boundary: one connection fails, not all
             self._fail_unexpectedly(exc)
