@@ -26,6 +26,12 @@ def sleepy(handle: ConnectionHandle, message: Telemetry) -> None:
     handle.send(f"done {message.client_id}")
 
 
+def napping(handle: ConnectionHandle, message: Telemetry) -> None:
+    """Every message waits 0.3 s on "I/O" (a database call), holding no GIL, then replies."""
+    time.sleep(0.3)
+    handle.send(f"done {message.client_id}")
+
+
 def slow_logged(handle: ConnectionHandle, message: Telemetry) -> None:
     """Takes a while and records each message it finished in $HANDLED_LOG (shutdown tests)."""
     time.sleep(0.05)

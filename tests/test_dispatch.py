@@ -115,3 +115,56 @@ def test_second_sigint_exits_at_once(server_factory: StartServer) -> None:
         await ws.close()
 
     asyncio.run(main())
+
+
+def test_handlers_blocked_on_io_run_side_by_side(server_factory: StartServer) -> None:
+    # GIL-bound units are capped at two in the pool; handlers that wait must still fill it.
+    server = server_factory("--handler", "server_handlers:napping", "--threads", "16")
+    clients = 16
+
+    async def main() -> float:
+        ctx = client_ssl_context(server.cafile)  # type: ignore[arg-type]
+        conns = [await connect(server.url, ssl=ctx) for _ in range(clients)]
+        await conns[0].send(telemetry_json(0, 0))  # lets the pool learn these handlers wait
+        assert await asyncio.wait_for(conns[0].recv(), 5 * UNIT) == "done 0"
+        started = time.monotonic()
+        for i, ws in enumerate(conns):
+            await ws.send(telemetry_json(i, 1))
+        replies = await asyncio.gather(*(asyncio.wait_for(ws.recv(), 10 * UNIT) for ws in conns))
+        elapsed = time.monotonic() - started
+        assert replies == [f"done {i}" for i in range(clients)]
+        for ws in conns:
+            await ws.close()
+        return elapsed
+
+    elapsed = asyncio.run(main())
+    # Side by side: ~0.3 s. Two at a time would take 2.4 s, one at a time 4.8 s.
+    assert elapsed < 1.5 * UNIT, f"16 handlers waiting 0.3 s each took {elapsed:.2f} s"
+
+
+def test_two_blocked_handlers_do_not_hold_back_other_messages(server_factory: StartServer) -> None:
+    # Decode-only traffic keeps the pool capped at two GIL-bound units; two handlers stuck in a
+    # 3 s call must not take both places (a unit running 50 ms stops counting against the cap).
+    server = server_factory("--handler", "server_handlers:sleepy")
+
+    async def main() -> float:
+        ctx = client_ssl_context(server.cafile)  # type: ignore[arg-type]
+        slow = [await connect(server.url, ssl=ctx) for _ in range(2)]
+        fast = await connect(server.url, ssl=ctx)
+        for n, ws in enumerate(slow, 1):  # one at a time, so each is a unit of its own
+            await ws.send(telemetry_json(0, 1))  # client_id 0: blocks 3 s
+            await asyncio.to_thread(wait_for, lambda n=n: server.stats()["in_flight"] == n,
+                                    5, 0.01, "the slow handler to start")
+        started = time.monotonic()
+        await fast.send(telemetry_json(7, 1))
+        assert await asyncio.wait_for(fast.recv(), 5 * UNIT) == "done 7"
+        elapsed = time.monotonic() - started
+        assert (await asyncio.to_thread(server.stats))["in_flight"] == 2, "slow ones finished"
+        for ws in slow:
+            assert await asyncio.wait_for(ws.recv(), 10 * UNIT) == "done 0"
+        for ws in [*slow, fast]:
+            await ws.close()
+        return elapsed
+
+    elapsed = asyncio.run(main())
+    assert elapsed < 1.0 * UNIT, f"a fast message waited {elapsed:.2f} s behind blocked handlers"

@@ -14,6 +14,13 @@ packed many messages to a unit (about 2 ms of work, from a moving average of the
 per message; a ready message waits up to --batch-linger, 2 ms, for company), while slow ones (a
 blocking database call) go one connection per unit so the pool's threads run them side by side.
 
+How many units run at once: GIL-bound units (decode, fast handlers) are capped at two. More
+would add no throughput (one thread holds the GIL at a time) but each one queued on the GIL
+delays the loop thread by another switch interval, which is what pings and reads wait on. A
+unit's CPU time over its wall time tells the kinds apart; when handlers wait on I/O the cap
+lifts and the pool's threads all run, and a unit still running after 50 ms never counts
+against the cap, so handlers stuck in a slow call do not hold up the rest.
+
 Backpressure: when a connection has `max_in_flight_per_connection` messages waiting or in the pool,
 or the server has `max_in_flight_total`, the connection stops reading (its socket leaves the
 selector's read set) and TCP pushes back on the client. Reading resumes once the pool catches up.
@@ -77,12 +84,30 @@ class UnitDone:
     handler_errors: int
     handler_buckets: tuple[int, ...]
     handler_seconds: float
+    cpu_seconds: float  # the pool thread's CPU time for the unit
+    seq: int  # the unit's submission number
 
 
 # A unit of fast messages should keep a pool thread busy about this long: long enough to
 # amortise the hand-off, short enough that results flow back steadily.
 _UNIT_TARGET_SECONDS = 0.002
 _UNIT_MAX_MESSAGES = 256
+# Units that spend their time computing (decode, a fast handler) hold the GIL: two running at
+# once keep a pool thread busy while the other is handed its next unit; more only queue on the
+# GIL, and every thread queued there delays the loop thread (reads, pongs) by another switch
+# interval. Units that mostly wait (a database call) may fill the pool. Which kind is running is
+# told by a unit's CPU time over its wall time: a GIL-bound unit sharing the GIL with one other
+# unit and the loop measures ~0.35-0.5, a handler blocked on I/O ~0.05 or less.
+_CPU_BOUND_UNITS = 2
+_WAITING_RATIO = 0.2
+# While the pool is uncapped, GIL-bound units crowding it would measure low ratios too (each
+# gets a 1/N share of the GIL): so every few seconds the cap is tried again, and units submitted
+# after that decide (the ratio restarts just above the threshold; one waiting unit lifts it).
+_PROBE_SECONDS = 2.0
+_PROBE_RATIO = 0.22
+# A unit still running after this long is waiting on something other than the GIL (a handler
+# blocked on I/O): it stops counting against the cap, so blocked handlers never hold up the rest.
+_STALE_UNIT_SECONDS = 0.05
 
 
 class ConnectionHandle:
@@ -141,6 +166,14 @@ class Dispatcher:
         self.units_in_pool = 0
         # Moving average of seconds per message (decode + handler), sizing the units.
         self.cost_per_message = 0.0001
+        # Moving average of CPU time over wall time per unit (see _CPU_BOUND_UNITS).
+        self.cpu_ratio = _PROBE_RATIO
+        self.max_threads = config.threads
+        self._unit_seq = 0
+        self._probe_seq = 0
+        self._probed_at = loop.now
+        self._unit_started: dict[int, float] = {}  # seq -> loop time, units in the pool
+        self._cap_timer: Timer | None = None
         self._ready: list[Inbox] = []
         # Messages in the ready inboxes when they became ready (later arrivals are not counted:
         # an undercount only lets a unit linger its --batch-linger in full).
@@ -172,11 +205,39 @@ class Dispatcher:
         self._ready.append(conn)
         self._ready_messages += len(conn.inbox)
 
+    @property
+    def capped(self) -> bool:
+        """Whether units are GIL-bound, so at most _CPU_BOUND_UNITS run at once."""
+        return self.cpu_ratio >= _WAITING_RATIO and self.max_threads > _CPU_BOUND_UNITS
+
+    def _free_units(self) -> int:
+        """Units that may be submitted now: the cap less the units running and not stale."""
+        now = self.loop.now
+        busy = 0
+        oldest = now
+        for started in self._unit_started.values():
+            if now - started < _STALE_UNIT_SECONDS:
+                busy += 1
+                oldest = min(oldest, started)
+        free = _CPU_BOUND_UNITS - busy
+        if free <= 0 and self._cap_timer is None:
+            # A finishing unit flushes again; this timer covers units that turn stale instead.
+            self._cap_timer = self.loop.call_later(
+                _STALE_UNIT_SECONDS - (now - oldest), self._cap_check)
+        return free
+
+    def _cap_check(self) -> None:
+        self._cap_timer = None
+        self.flush()
+
     def flush(self, force: bool = False) -> None:
         """Pack the ready connections' inboxes into units and submit them (end of iteration)."""
         ready = self._ready
         if not ready:
             return
+        free_units = self._free_units() if self.capped else None
+        if free_units is not None and free_units <= 0:
+            return  # meanwhile the inboxes grow into bigger units
         budget = min(_UNIT_MAX_MESSAGES,
                      max(1, int(_UNIT_TARGET_SECONDS / self.cost_per_message)))
         if not force and budget > 1 and self._ready_messages < budget:
@@ -189,33 +250,46 @@ class Dispatcher:
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
-        self._ready = []
-        self._ready_messages = 0
         unit: Unit = []
         count = 0
+        taken = 0
         for conn in ready:
             batch = tuple(conn.inbox)
             conn.inbox.clear()
             handle = conn.handle
             assert handle is not None
             unit.append((conn, handle, batch))
+            taken += 1
             count += len(batch)
             if count >= budget:
                 self._submit(unit)
                 unit = []
                 count = 0
+                if free_units is not None:
+                    free_units -= 1
+                    if free_units == 0:
+                        break
         if unit:
             self._submit(unit)
+        if taken == len(ready):
+            self._ready = []
+            self._ready_messages = 0
+        else:  # the pool is full: the rest wait for a unit to finish (they keep _ready_since)
+            self._ready = ready[taken:]
+            self._ready_messages = sum(len(conn.inbox) for conn in self._ready)
         self.stats.in_flight = self.in_flight_total
 
     def _submit(self, unit: Unit) -> None:
         self.units_in_pool += 1
+        self._unit_seq += 1
+        self._unit_started[self._unit_seq] = self.loop.now
         self.stats.pool_queue_depth = self.units_in_pool
-        self.pool.submit(self._run_unit, unit)
+        self.pool.submit(self._run_unit, unit, self._unit_seq)
 
     def _unit_done(self, done: UnitDone) -> None:
         stats = self.stats
         self.units_in_pool -= 1
+        del self._unit_started[done.seq]
         stats.pool_queue_depth = self.units_in_pool
         handled = 0
         for conn, count, close_code in done.finished:
@@ -241,12 +315,23 @@ class Dispatcher:
         if handled:
             self.cost_per_message = (0.8 * self.cost_per_message
                                      + 0.2 * done.handler_seconds / handled)
+        self._learn_cpu_ratio(done)
         if self._globally_paused and self.in_flight_total <= self.total_resume:
             paused = list(self._globally_paused.values())
             self._globally_paused.clear()
             for other in paused:
                 if other.in_flight < self.per_connection_limit:
                     other.apply_backpressure(False)
+
+    def _learn_cpu_ratio(self, done: UnitDone) -> None:
+        if done.seq > self._probe_seq and done.handler_seconds > 0:
+            self.cpu_ratio = (0.8 * self.cpu_ratio
+                              + 0.2 * min(1.0, done.cpu_seconds / done.handler_seconds))
+        now = self.loop.now
+        if self.cpu_ratio < _WAITING_RATIO and now - self._probed_at >= _PROBE_SECONDS:
+            self._probed_at = now
+            self._probe_seq = self._unit_seq
+            self.cpu_ratio = _PROBE_RATIO
 
     def _linger_over(self) -> None:
         self._linger_timer = None
@@ -264,13 +349,14 @@ class Dispatcher:
         self.pool.shutdown(wait=wait, cancel_futures=not wait)
 
     # -- pool threads -----------------------------------------------------------------------
-    def _run_unit(self, unit: Unit) -> None:
+    def _run_unit(self, unit: Unit, seq: int) -> None:
         decoded = decode_errors = handler_errors = 0
         buckets = [0] * (len(HANDLER_BOUNDS) + 1)
         spent = 0.0
         handler = self.handler
         decode = self.decode
         clock = time.perf_counter
+        cpu_started = time.thread_time()
         finished: list[tuple[Inbox, int, int]] = []
         for conn, handle, batch in unit:
             close_code = 0
@@ -302,7 +388,7 @@ class Dispatcher:
         self.loop.call_soon_threadsafe(
             self._unit_done,
             UnitDone(tuple(finished), decoded, decode_errors, handler_errors, tuple(buckets),
-                     spent))
+                     spent, time.thread_time() - cpu_started, seq))
 
     def _log_rate_limited(self, fmt: str, *args: object) -> None:
         # A client streaming garbage must not turn into a log flood: one line a second at most.
