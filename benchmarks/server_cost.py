@@ -245,6 +245,8 @@ def _window(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, result:
         "rss_loaded_mb": round(rss_loaded / 2**20, 1),
         "rss_per_conn_kb": round((rss_loaded - rss_idle) / clients / 1024, 1),
         "in_flight_end": s1.get("in_flight"),
+        "loop_iteration_s": s1.get("loop_lag_seconds"),
+        "paused_connections_end": s1.get("paused_connections"),
     })
 
 
