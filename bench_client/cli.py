@@ -1,10 +1,11 @@
 """`bench_client`: parse flags, fork the workers, drive the run's phases, print the report.
 
 How this works: the parent raises its file limit (inherited by the workers), forks one process per
-`WorkerPlan`, then only listens to their pipes. The run has three phases: RAMP until every client
-has settled (established or failed, or a deadline passes), STEADY for `--duration` seconds, then
-STOP: the parent sends "stop", every worker closes its connections and sends its final statistics,
-which the parent merges into the report. The first Ctrl-C/SIGTERM jumps to STOP; a second Ctrl-C
+`WorkerPlan`, then only listens to their pipes. The run's phases: RAMP until every client has
+settled (established or failed, or a deadline passes), an optional WARMUP of `--warmup` seconds
+(its samples count with the ramp's), STEADY for `--duration` seconds, then STOP: the parent sends
+"stop", every worker closes its connections and sends its final statistics, which the parent
+merges into the report. The first Ctrl-C/SIGTERM jumps to STOP; a second Ctrl-C
 kills the workers at once.
 """
 
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=10_240, help="message size in bytes (default 10240)")
     p.add_argument("--duration", type=float, default=10.0,
                    help="seconds of steady state once every client has settled (default 10)")
+    p.add_argument("--warmup", type=float, default=0.0,
+                   help="seconds after every client settled before steady state starts; "
+                        "recorded with the ramp (default 0)")
     p.add_argument("--ramp", type=float, default=1000.0,
                    help="cap on new connections per second, all processes (default 1000)")
     p.add_argument("--procs", type=int, default=0,
@@ -88,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         rate=args.rate,
         size=args.size,
         duration=args.duration,
+        warmup=args.warmup,
         ramp=args.ramp,
         procs=args.procs,
         source_addrs=parse_source_addrs(args.source_addrs) if args.source_addrs else (),
@@ -143,6 +148,7 @@ class Runner:
             stopped_at: float | None = None
             steady_written: int | None = None
             final_deadline = 0.0
+            warmup_until = 0.0
             phase = "ramp"
             live = dict(pipes)
             while live:
@@ -172,6 +178,10 @@ class Runner:
                     stalled = (now >= paced_ramp_end and now - last_settled_at
                                >= config.handshake_timeout + SETTLE_GRACE)
                     if settled or stalled or self.stop_signals:
+                        phase = "warmup"
+                        warmup_until = now + config.warmup
+                if phase == "warmup":
+                    if now >= warmup_until or self.stop_signals:
                         phase = "steady"
                         steady_started_at = now
                         steady_written_start = totals["messages_written"] if totals else 0

@@ -26,6 +26,9 @@ class BenchConfig:
     rate: float = 1.0  # messages per client per second; 0 = connect and hold idle
     size: int = 10_240  # the ~10 KB telemetry document of the spec
     duration: float = 10.0  # seconds of steady state, counted once every client has settled
+    # seconds between "every client settled" and the steady state, recorded with the ramp: a
+    # server that fell behind while handshaking drains its backlog here, not in steady state
+    warmup: float = 0.0
     ramp: float = 1000.0  # new connections per second, all workers together; a server's listen
     # backlog (often 128-4096) overflows under an unpaced connect storm and SYN retries then
     # cost whole seconds, which would measure the kernel rather than the server
@@ -69,6 +72,8 @@ class BenchConfig:
             raise ConfigError("--rate must be >= 0")
         if self.duration < 0:
             raise ConfigError("--duration must be >= 0")
+        if self.warmup < 0:
+            raise ConfigError("--warmup must be >= 0")
         if self.ramp <= 0:
             raise ConfigError("--ramp must be > 0")
         if self.procs < 0:

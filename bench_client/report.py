@@ -80,6 +80,7 @@ def build_report(
             "rate": config.rate,
             "size": config.size,
             "duration": config.duration,
+            "warmup": config.warmup,
             "ramp": config.ramp,
             "procs": workers,
             "source_addrs": len(config.source_addrs),
@@ -137,6 +138,7 @@ def render_table(report: dict[str, Any]) -> str:
     ramp = report["send_lateness_ramp_s"]
     rtt = report["ping_rtt_s"]
     rtt_ramp = report["ping_rtt_ramp_s"]
+    during = "during the ramp" + (" and warm-up" if report["config"].get("warmup") else "")
     cpu = report["cpu"]
     cfg = report["config"]
     rows: list[tuple[str, str]] = [
@@ -160,10 +162,10 @@ def render_table(report: dict[str, Any]) -> str:
          else f"{msgs['written_per_s_steady']:.0f}"),
         ("send lateness p50 / p99 / max",
          f"{_ms(late['p50'])} / {_ms(late['p99'])} / {_ms(late['max'])}  (steady state)"),
-        ("  during the ramp", f"{_ms(ramp['p50'])} / {_ms(ramp['p99'])} / {_ms(ramp['max'])}"),
+        (f"  {during}", f"{_ms(ramp['p50'])} / {_ms(ramp['p99'])} / {_ms(ramp['max'])}"),
         (f"ping RTT p50 / p99 / max (n={rtt['count']})",
          f"{_ms(rtt['p50'])} / {_ms(rtt['p99'])} / {_ms(rtt['max'])}  (steady state)"),
-        (f"  during the ramp (n={rtt_ramp['count']})",
+        (f"  {during} (n={rtt_ramp['count']})",
          f"{_ms(rtt_ramp['p50'])} / {_ms(rtt_ramp['p99'])} / {_ms(rtt_ramp['max'])}"),
         ("client CPU user / system",
          f"{cpu['user_s']:.2f} s / {cpu['system_s']:.2f} s"

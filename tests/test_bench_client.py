@@ -270,6 +270,26 @@ def test_200_clients_against_webscale(webscale: ServerProcess, tmp_path: Path) -
     _check_200_clients(webscale, tmp_path)
 
 
+def test_warmup_keeps_its_samples_out_of_steady_state(webscale: ServerProcess,
+                                                      tmp_path: Path) -> None:
+    # What a server does while it drains the backlog its handshakes built must not count as
+    # its steady state: --warmup records those seconds with the ramp's samples.
+    rc, report, output = run_bench(
+        tmp_path, "--url", webscale.url, "--cafile", str(webscale.cafile), "--clients", "10",
+        "--rate", "2", "--warmup", "2.5", "--duration", "2", "--ping-sample", "10",
+        "--procs", "1")
+    assert rc == 0, output
+    assert report["config"]["warmup"] == 2.5
+    assert "during the ramp and warm-up" in output
+    # Pings go out once a second per connection: >= 2 each in the 2.5 s warm-up.
+    assert report["ping_rtt_ramp_s"]["count"] >= 10 * 2
+    assert 10 <= report["ping_rtt_s"]["count"] <= 10 * 3
+    # Two messages a second: the warm-up's 5 per client are not in steady state's samples.
+    assert report["send_lateness_ramp_s"]["count"] >= 10 * 4
+    assert report["send_lateness_s"]["count"] <= 10 * 2 * 2 + 10
+    assert 1.9 <= report["timing"]["steady_state_s"] <= 2.5 * UNIT
+
+
 def test_plain_ws_from_several_source_addresses(tmp_path: Path) -> None:
     server = start_server(["--no-tls"], certs=None, tmp_path=tmp_path, command=TWIN)
     try:
