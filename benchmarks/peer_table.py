@@ -4,6 +4,7 @@
     python benchmarks/peer_table.py                       # both servers, default levels
     python benchmarks/peer_table.py --servers webscale --levels 5000 7500 10000
     python benchmarks/peer_table.py --quick               # smaller counts, shorter windows
+    python benchmarks/peer_table.py --render bench-results/peer_table.json   # print it again
 
 Rows, each measured by benchmarks/server_cost.py's run_point (server CPU from /proc for the
 whole server process tree, decoded count from the server's /stats, RSS from /proc):
@@ -76,6 +77,25 @@ def measure(server: str, args: argparse.Namespace) -> dict:
     return out
 
 
+def render(results: dict, cpu_clients: int) -> None:
+    """Print the table. A server that could not hold `cpu_clients` gets its CPU per message
+    and ping p99 from the largest level it kept up with, marked with that level."""
+    print(f"\n| server | CPU per message at {cpu_clients} clients | most clients kept up at "
+          f"1 msg/s | memory per idle TLS connection | ping RTT p99 at {cpu_clients} |")
+    print("|---|---|---|---|---|")
+    for r in results["servers"]:
+        levels = [lvl["clients"] for lvl in r["levels"]]
+        most = r["most_clients_kept_up"]
+        cap = " (highest level tried)" if most and most == max(levels) else ""
+        cpu, ping = f"{r['cpu_us_per_msg']} us", f"{r['ping_p99_ms']} ms"
+        if r["cpu_us_per_msg"] is None:
+            cpu = f"- ({r['loaded'].get('error', 'no measurement')})"
+            for lvl in r["levels"]:
+                if lvl["kept_up"] and lvl["clients"] == most:
+                    cpu += f"; {lvl['point']['server_cpu_us_per_msg']} us at {most}"
+        print(f"| {r['server']} | {cpu} | {most}{cap} | {r['idle_kb_per_conn']} KB | {ping} |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--servers", nargs="+", default=["webscale", "twin"],
@@ -90,7 +110,13 @@ def main() -> int:
                         "backlog built while handshaking must drain, or it shows as latency")
     p.add_argument("--quick", action="store_true", help="1000 clients, 10 s windows")
     p.add_argument("--json", type=Path, default=Path("bench-results/peer_table.json"))
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="print the table of an earlier run's JSON instead of measuring")
     args = p.parse_args()
+    if args.render:
+        earlier = json.loads(args.render.read_text())
+        render(earlier, earlier["args"]["cpu_clients"])
+        return 0
     if args.quick:
         args.cpu_clients = args.idle_clients = 1000
         args.levels = [500, 1000]
@@ -104,15 +130,7 @@ def main() -> int:
     for server in args.servers:
         results["servers"].append(measure(server, args))
         args.json.write_text(json.dumps(results, indent=2))  # keep what is done so far
-    print(f"\n| server | CPU per message at {args.cpu_clients} clients | most clients kept up at "
-          f"1 msg/s | memory per idle TLS connection | ping RTT p99 at {args.cpu_clients} |")
-    print("|---|---|---|---|---|")
-    for r in results["servers"]:
-        levels = [lvl["clients"] for lvl in r["levels"]]
-        most = r["most_clients_kept_up"]
-        cap = " (highest level tried)" if most and most == max(levels) else ""
-        print(f"| {r['server']} | {r['cpu_us_per_msg']} us | {most}{cap} | "
-              f"{r['idle_kb_per_conn']} KB | {r['ping_p99_ms']} ms |")
+    render(results, args.cpu_clients)
     print(f"\nJSON: {args.json}")
     return 0
 
