@@ -37,6 +37,7 @@ import bisect
 import importlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -174,7 +175,7 @@ class Dispatcher:
         self._probed_at = loop.now
         self._unit_started: dict[int, float] = {}  # seq -> loop time, units in the pool
         self._cap_timer: Timer | None = None
-        self._ready: list[Inbox] = []
+        self._ready: deque[Inbox] = deque()
         # Messages in the ready inboxes when they became ready (later arrivals are not counted:
         # an undercount only lets a unit linger its --batch-linger in full).
         self._ready_messages = 0
@@ -253,14 +254,15 @@ class Dispatcher:
         unit: Unit = []
         count = 0
         taken = 0
-        for conn in ready:
+        while ready:
+            conn = ready.popleft()
             batch = tuple(conn.inbox)
             conn.inbox.clear()
             handle = conn.handle
             assert handle is not None
             unit.append((conn, handle, batch))
-            taken += 1
             count += len(batch)
+            taken += len(batch)
             if count >= budget:
                 self._submit(unit)
                 unit = []
@@ -271,12 +273,9 @@ class Dispatcher:
                         break
         if unit:
             self._submit(unit)
-        if taken == len(ready):
-            self._ready = []
-            self._ready_messages = 0
-        else:  # the pool is full: the rest wait for a unit to finish (they keep _ready_since)
-            self._ready = ready[taken:]
-            self._ready_messages = sum(len(conn.inbox) for conn in self._ready)
+        # Connections left over (the pool is full) keep waiting with their _ready_since; the
+        # count is what they held when marked ready, less what was taken (never over).
+        self._ready_messages = max(0, self._ready_messages - taken) if ready else 0
         self.stats.in_flight = self.in_flight_total
 
     def _submit(self, unit: Unit) -> None:
