@@ -276,6 +276,8 @@ class Dispatcher:
         # Connections left over (the pool is full) keep waiting with their _ready_since; the
         # count is what they held when marked ready, less what was taken (never over).
         self._ready_messages = max(0, self._ready_messages - taken) if ready else 0
+        if ready:
+            self._free_units()  # arms _cap_timer: if the units just sent block, they turn stale
         self.stats.in_flight = self.in_flight_total
 
     def _submit(self, unit: Unit) -> None:
@@ -323,10 +325,21 @@ class Dispatcher:
                     other.apply_backpressure(False)
 
     def _learn_cpu_ratio(self, done: UnitDone) -> None:
-        if done.seq > self._probe_seq and done.handler_seconds > 0:
+        """Fold in one unit's CPU/wall (loop thread, after _unit_started lost its entry).
+
+        A sample counts only when no unit submitted before the last probe is still in the pool:
+        those ran (or queue) beside many others, and their low ratio says nothing about whether
+        the work is GIL-bound. The probe's 2 s count from the moment the cap lifted."""
+        now = self.loop.now
+        oldest = next(iter(self._unit_started), None)  # seqs were inserted in order
+        if (done.seq > self._probe_seq and done.handler_seconds > 0
+                and (oldest is None or oldest > self._probe_seq)):
+            was_capped = self.cpu_ratio >= _WAITING_RATIO
             self.cpu_ratio = (0.8 * self.cpu_ratio
                               + 0.2 * min(1.0, done.cpu_seconds / done.handler_seconds))
-        now = self.loop.now
+            if was_capped and self.cpu_ratio < _WAITING_RATIO:
+                self._probed_at = now  # lifted now: try the cap again in _PROBE_SECONDS
+                return
         if self.cpu_ratio < _WAITING_RATIO and now - self._probed_at >= _PROBE_SECONDS:
             self._probed_at = now
             self._probe_seq = self._unit_seq
@@ -345,6 +358,10 @@ class Dispatcher:
         return self.in_flight_total == 0 and self.units_in_pool == 0
 
     def shutdown(self, wait: bool) -> None:
+        for timer in (self._linger_timer, self._cap_timer):
+            if timer is not None:
+                timer.cancel()
+        self._linger_timer = self._cap_timer = None
         self.pool.shutdown(wait=wait, cancel_futures=not wait)
 
     # -- pool threads -----------------------------------------------------------------------
@@ -357,37 +374,48 @@ class Dispatcher:
         clock = time.perf_counter
         cpu_started = time.thread_time()
         finished: list[tuple[Inbox, int, int]] = []
-        for conn, handle, batch in unit:
-            close_code = 0
-            for data in batch:
-                started = clock()
-                message: Any = data
-                if decode:
-                    try:
-                        message = decode_telemetry(data)
-                        decoded += 1
-                    except DecodeError as exc:
-                        decode_errors += 1
-                        self._log_rate_limited("conn %d: undecodable message: %s",
-                                               handle.conn_id, exc)
-                        if self.close_on_invalid:
-                            close_code = 1007
-                            break  # the connection is closing; the rest count as handled
-                        message = None
-                if handler is not None and message is not None:
-                    try:
-                        handler(handle, message)
-                    except Exception:
-                        handler_errors += 1
-                        logger.exception("conn %d: handler raised", handle.conn_id)
-                elapsed = clock() - started
-                spent += elapsed
-                buckets[_bucket(elapsed)] += 1
-            finished.append((conn, len(batch), close_code))
-        self.loop.call_soon_threadsafe(
-            self._unit_done,
-            UnitDone(tuple(finished), decoded, decode_errors, handler_errors, tuple(buckets),
-                     spent, time.thread_time() - cpu_started, seq))
+        try:
+            for conn, handle, batch in unit:
+                close_code = 0
+                for data in batch:
+                    started = clock()
+                    message: Any = data
+                    if decode:
+                        try:
+                            message = decode_telemetry(data)
+                            decoded += 1
+                        except DecodeError as exc:
+                            decode_errors += 1
+                            self._log_rate_limited("conn %d: undecodable message: %s",
+                                                   handle.conn_id, exc)
+                            if self.close_on_invalid:
+                                close_code = 1007
+                                break  # the connection is closing; the rest count as handled
+                            message = None
+                    if handler is not None and message is not None:
+                        try:
+                            handler(handle, message)
+                        except Exception:
+                            handler_errors += 1
+                            logger.exception("conn %d: handler raised", handle.conn_id)
+                    elapsed = clock() - started
+                    spent += elapsed
+                    buckets[_bucket(elapsed)] += 1
+                finished.append((conn, len(batch), close_code))
+        except BaseException:
+            # Not a handler's Exception (those are counted above): SystemExit from a handler,
+            # a MemoryError. Logged; the unit's messages still count as handled below, or the
+            # connections would never get another unit and the in-flight counts never drain.
+            handler_errors += 1
+            logger.exception("pool unit %d failed", seq)
+            raise
+        finally:
+            for conn, _handle, batch in unit[len(finished):]:
+                finished.append((conn, len(batch), 0))
+            self.loop.call_soon_threadsafe(
+                self._unit_done,
+                UnitDone(tuple(finished), decoded, decode_errors, handler_errors,
+                         tuple(buckets), spent, time.thread_time() - cpu_started, seq))
 
     def _log_rate_limited(self, fmt: str, *args: object) -> None:
         # A client streaming garbage must not turn into a log flood: one line a second at most.
