@@ -138,6 +138,7 @@ def test_handlers_blocked_on_io_run_side_by_side(server_factory: StartServer) ->
         return elapsed
 
     elapsed = asyncio.run(main())
+    assert server.stats()["pool_gil_bound"] == 0, "waiting handlers left the pool capped"
     # Side by side: ~0.3 s. Two at a time would take 2.4 s, one at a time 4.8 s.
     assert elapsed < 1.5 * UNIT, f"16 handlers waiting 0.3 s each took {elapsed:.2f} s"
 

@@ -70,6 +70,7 @@ def test_500_clients_10_messages_each_in_order(server_factory: StartServer) -> N
     assert stats["messages_received"] == 5000
     assert stats["decode_errors"] == 0 and stats["handler_errors"] == 0
     assert stats["messages_out"] == 5000
+    assert stats["pool_gil_bound"] == 1  # decode + a quick reply: at most two units at once
 
 
 def test_blocking_handler_does_not_stall_other_connections(server_factory: StartServer) -> None:

@@ -317,6 +317,7 @@ class Dispatcher:
             self.cost_per_message = (0.8 * self.cost_per_message
                                      + 0.2 * done.handler_seconds / handled)
         self._learn_cpu_ratio(done)
+        stats.pool_gil_bound = int(self.capped)
         if self._globally_paused and self.in_flight_total <= self.total_resume:
             paused = list(self._globally_paused.values())
             self._globally_paused.clear()

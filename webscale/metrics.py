@@ -36,6 +36,8 @@ _SCALARS: tuple[tuple[str, str, str, str], ...] = (
     ("bytes_out", "webscale_bytes_sent_total", "counter", "bytes sent (before TLS)"),
     ("in_flight", "webscale_messages_in_flight", "gauge", "messages queued or in the pool"),
     ("pool_queue_depth", "webscale_pool_batches", "gauge", "batches queued or running in the pool"),
+    ("pool_gil_bound", "webscale_pool_gil_bound", "gauge",
+     "1 while pool work is GIL-bound, so at most two batches run at once"),
     ("paused_connections", "webscale_connections_paused", "gauge",
      "connections not read because of backpressure"),
     ("accept_pauses", "webscale_accept_pauses_total", "counter",

@@ -50,8 +50,9 @@ class Stats:
                  "tls_handshake_failures", "ws_handshake_failures", "handshake_timeouts",
                  "http_requests", "messages_received", "messages_decoded", "messages_handled",
                  "decode_errors", "handler_errors", "bytes_in", "bytes_out", "messages_out",
-                 "in_flight", "pool_queue_depth", "paused_connections", "accept_pauses",
-                 "closes_by_code", "handler_seconds", "loop_lag_seconds", "started_at")
+                 "in_flight", "pool_queue_depth", "pool_gil_bound", "paused_connections",
+                 "accept_pauses", "closes_by_code", "handler_seconds", "loop_lag_seconds",
+                 "started_at")
 
     def __init__(self, started_at: float = 0.0) -> None:
         self.connections_open = 0
@@ -71,6 +72,7 @@ class Stats:
         self.messages_out = 0
         self.in_flight = 0
         self.pool_queue_depth = 0
+        self.pool_gil_bound = 1
         self.paused_connections = 0
         self.accept_pauses = 0
         self.closes_by_code: Counter[int] = Counter()
