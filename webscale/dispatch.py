@@ -19,7 +19,7 @@ would add no throughput (one thread holds the GIL at a time) but each one queued
 delays the loop thread by another switch interval, which is what pings and reads wait on. A
 unit's CPU time over its wall time tells the kinds apart; when handlers wait on I/O the cap
 lifts and the pool's threads all run, and a unit still running after 50 ms never counts
-against the cap, so handlers stuck in a slow call do not hold up the rest.
+against the cap, so handlers stuck in a slow call do not hold up the rest (`unit_cap.py`).
 
 Backpressure: when a connection has `max_in_flight_per_connection` messages waiting or in the pool,
 or the server has `max_in_flight_total`, the connection stops reading (its socket leaves the
@@ -47,6 +47,7 @@ from .config import Config
 from .errors import ConfigError, DecodeError
 from .messages import decode_telemetry
 from .stats import HANDLER_BOUNDS, Stats
+from .unit_cap import UnitCap
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -93,22 +94,6 @@ class UnitDone:
 # amortise the hand-off, short enough that results flow back steadily.
 _UNIT_TARGET_SECONDS = 0.002
 _UNIT_MAX_MESSAGES = 256
-# Units that spend their time computing (decode, a fast handler) hold the GIL: two running at
-# once keep a pool thread busy while the other is handed its next unit; more only queue on the
-# GIL, and every thread queued there delays the loop thread (reads, pongs) by another switch
-# interval. Units that mostly wait (a database call) may fill the pool. Which kind is running is
-# told by a unit's CPU time over its wall time: a GIL-bound unit sharing the GIL with one other
-# unit and the loop measures ~0.35-0.5, a handler blocked on I/O ~0.05 or less.
-_CPU_BOUND_UNITS = 2
-_WAITING_RATIO = 0.2
-# While the pool is uncapped, GIL-bound units crowding it would measure low ratios too (each
-# gets a 1/N share of the GIL): so every few seconds the cap is tried again, and units submitted
-# after that decide (the ratio restarts just above the threshold; one waiting unit lifts it).
-_PROBE_SECONDS = 2.0
-_PROBE_RATIO = 0.22
-# A unit still running after this long is waiting on something other than the GIL (a handler
-# blocked on I/O): it stops counting against the cap, so blocked handlers never hold up the rest.
-_STALE_UNIT_SECONDS = 0.05
 
 
 class ConnectionHandle:
@@ -167,13 +152,7 @@ class Dispatcher:
         self.units_in_pool = 0
         # Moving average of seconds per message (decode + handler), sizing the units.
         self.cost_per_message = 0.0001
-        # Moving average of CPU time over wall time per unit (see _CPU_BOUND_UNITS).
-        self.cpu_ratio = _PROBE_RATIO
-        self.max_threads = config.threads
-        self._unit_seq = 0
-        self._probe_seq = 0
-        self._probed_at = loop.now
-        self._unit_started: dict[int, float] = {}  # seq -> loop time, units in the pool
+        self.cap = UnitCap(config.threads, loop.now)
         self._cap_timer: Timer | None = None
         self._ready: deque[Inbox] = deque()
         # Messages in the ready inboxes when they became ready (later arrivals are not counted:
@@ -206,25 +185,12 @@ class Dispatcher:
         self._ready.append(conn)
         self._ready_messages += len(conn.inbox)
 
-    @property
-    def capped(self) -> bool:
-        """Whether units are GIL-bound, so at most _CPU_BOUND_UNITS run at once."""
-        return self.cpu_ratio >= _WAITING_RATIO and self.max_threads > _CPU_BOUND_UNITS
-
     def _free_units(self) -> int:
-        """Units that may be submitted now: the cap less the units running and not stale."""
-        now = self.loop.now
-        busy = 0
-        oldest = now
-        for started in self._unit_started.values():
-            if now - started < _STALE_UNIT_SECONDS:
-                busy += 1
-                oldest = min(oldest, started)
-        free = _CPU_BOUND_UNITS - busy
+        """Units that may be submitted now under the cap; arms a timer when there are none."""
+        free, wait = self.cap.free(self.loop.now)
         if free <= 0 and self._cap_timer is None:
             # A finishing unit flushes again; this timer covers units that turn stale instead.
-            self._cap_timer = self.loop.call_later(
-                _STALE_UNIT_SECONDS - (now - oldest), self._cap_check)
+            self._cap_timer = self.loop.call_later(wait, self._cap_check)
         return free
 
     def _cap_check(self) -> None:
@@ -236,7 +202,7 @@ class Dispatcher:
         ready = self._ready
         if not ready:
             return
-        free_units = self._free_units() if self.capped else None
+        free_units = self._free_units() if self.cap.capped else None
         if free_units is not None and free_units <= 0:
             return  # meanwhile the inboxes grow into bigger units
         budget = min(_UNIT_MAX_MESSAGES,
@@ -282,15 +248,15 @@ class Dispatcher:
 
     def _submit(self, unit: Unit) -> None:
         self.units_in_pool += 1
-        self._unit_seq += 1
-        self._unit_started[self._unit_seq] = self.loop.now
+        seq = self.cap.submitted(self.loop.now)
         self.stats.pool_queue_depth = self.units_in_pool
-        self.pool.submit(self._run_unit, unit, self._unit_seq)
+        self.pool.submit(self._run_unit, unit, seq)
 
     def _unit_done(self, done: UnitDone) -> None:
         stats = self.stats
         self.units_in_pool -= 1
-        del self._unit_started[done.seq]
+        self.cap.finished(done.seq, done.cpu_seconds, done.handler_seconds, self.loop.now)
+        stats.pool_gil_bound = int(self.cap.capped)
         stats.pool_queue_depth = self.units_in_pool
         handled = 0
         for conn, count, close_code in done.finished:
@@ -316,35 +282,12 @@ class Dispatcher:
         if handled:
             self.cost_per_message = (0.8 * self.cost_per_message
                                      + 0.2 * done.handler_seconds / handled)
-        self._learn_cpu_ratio(done)
-        stats.pool_gil_bound = int(self.capped)
         if self._globally_paused and self.in_flight_total <= self.total_resume:
             paused = list(self._globally_paused.values())
             self._globally_paused.clear()
             for other in paused:
                 if other.in_flight < self.per_connection_limit:
                     other.apply_backpressure(False)
-
-    def _learn_cpu_ratio(self, done: UnitDone) -> None:
-        """Fold in one unit's CPU/wall (loop thread, after _unit_started lost its entry).
-
-        A sample counts only when no unit submitted before the last probe is still in the pool:
-        those ran (or queue) beside many others, and their low ratio says nothing about whether
-        the work is GIL-bound. The probe's 2 s count from the moment the cap lifted."""
-        now = self.loop.now
-        oldest = next(iter(self._unit_started), None)  # seqs were inserted in order
-        if (done.seq > self._probe_seq and done.handler_seconds > 0
-                and (oldest is None or oldest > self._probe_seq)):
-            was_capped = self.cpu_ratio >= _WAITING_RATIO
-            self.cpu_ratio = (0.8 * self.cpu_ratio
-                              + 0.2 * min(1.0, done.cpu_seconds / done.handler_seconds))
-            if was_capped and self.cpu_ratio < _WAITING_RATIO:
-                self._probed_at = now  # lifted now: try the cap again in _PROBE_SECONDS
-                return
-        if self.cpu_ratio < _WAITING_RATIO and now - self._probed_at >= _PROBE_SECONDS:
-            self._probed_at = now
-            self._probe_seq = self._unit_seq
-            self.cpu_ratio = _PROBE_RATIO
 
     def _linger_over(self) -> None:
         self._linger_timer = None

@@ -1,21 +1,21 @@
-"""The dispatcher's cap on GIL-bound units, driven without sockets.
+"""The dispatcher's hand-off driven without sockets: the unit cap's timer, failing units.
 
 A stand-in loop (the clock is set by hand, thread-safe calls are queued and run by the test)
-drives `Dispatcher` directly: its learning of CPU/wall ratios, the probe that re-tries the cap,
-the timer that keeps left-over connections moving, and units that fail in the pool.
+drives `Dispatcher` directly with real pool threads. The cap's own bookkeeping is in
+test_unit_cap.py.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from webscale.config import Config
-from webscale.dispatch import _PROBE_SECONDS, ConnectionHandle, Dispatcher, UnitDone
+from webscale.dispatch import ConnectionHandle, Dispatcher
 from webscale.loop import Timer
 from webscale.stats import Stats
 
@@ -72,64 +72,6 @@ def make(loop: FakeLoop, handler: Callable[..., object] | None = None) -> Dispat
     return dispatcher
 
 
-@pytest.fixture
-def dispatcher(loop: FakeLoop) -> Iterator[Dispatcher]:
-    d = make(loop)
-    yield d
-    d.shutdown(wait=True)
-
-
-def finish(d: Dispatcher, loop: FakeLoop, seq: int, wall: float, cpu: float) -> None:
-    """Report unit `seq` done, as a pool thread would, after `wall` seconds of loop time."""
-    loop.now += wall
-    d._unit_done(UnitDone((), 0, 0, 0, (0,) * 16, wall, cpu, seq))
-
-
-def start(d: Dispatcher, loop: FakeLoop) -> int:
-    """Book a unit as submitted (what _submit records) without running it."""
-    d.units_in_pool += 1
-    d._unit_seq += 1
-    d._unit_started[d._unit_seq] = loop.now
-    return d._unit_seq
-
-
-def test_blocking_units_lift_the_cap_and_a_probe_does_not_bring_it_straight_back(
-        dispatcher: Dispatcher, loop: FakeLoop) -> None:
-    d = dispatcher
-    assert d.capped  # GIL-bound until shown otherwise
-    finish(d, loop, start(d, loop), wall=3.0, cpu=0.01)  # a 3 s database call
-    assert not d.capped
-    # More than the probe interval later the cap is tried again...
-    seq = start(d, loop)
-    finish(d, loop, seq, wall=_PROBE_SECONDS + 0.5, cpu=0.01)
-    assert d.capped
-    # ...and one unit submitted after the probe that waits 3 s lifts it, for another interval
-    # (it used to be re-tried in the same call, so handlers over 2 s kept the pool capped).
-    finish(d, loop, start(d, loop), wall=3.0, cpu=0.01)
-    assert not d.capped
-    finish(d, loop, start(d, loop), wall=0.5, cpu=0.005)
-    assert not d.capped
-
-
-def test_samples_from_units_crowded_before_a_probe_do_not_lift_the_cap(
-        dispatcher: Dispatcher, loop: FakeLoop) -> None:
-    d = dispatcher
-    finish(d, loop, start(d, loop), wall=0.2, cpu=0.002)  # waiting work: uncapped
-    assert not d.capped
-    crowded = [start(d, loop) for _ in range(12)]  # then GIL-bound work floods the pool
-    finish(d, loop, crowded.pop(0), wall=_PROBE_SECONDS, cpu=_PROBE_SECONDS / 13)  # probe
-    assert d.capped
-    after_probe = start(d, loop)
-    # It shared the GIL with the crowd still in the pool: 1/13 says nothing; ignored.
-    finish(d, loop, after_probe, wall=0.03, cpu=0.03 / 13)
-    assert d.capped
-    for seq in crowded:
-        finish(d, loop, seq, wall=0.002, cpu=0.002 / 13)
-    assert d.capped
-    finish(d, loop, start(d, loop), wall=0.004, cpu=0.0016)  # alone with one other: 0.4
-    assert d.capped
-
-
 def test_connections_left_over_by_a_full_pool_get_a_timer(loop: FakeLoop) -> None:
     release = threading.Event()
     d = make(loop, lambda handle, message: release.wait(10))
@@ -147,7 +89,7 @@ def test_connections_left_over_by_a_full_pool_get_a_timer(loop: FakeLoop) -> Non
         assert d.units_in_pool == 3 and not d._ready
         release.set()
         loop.run_calls(3)
-        assert d.in_flight_total == 0 and d.units_in_pool == 0 and not d._unit_started
+        assert d.in_flight_total == 0 and d.units_in_pool == 0 and d.cap.in_pool == 0
     finally:
         release.set()
         d.shutdown(wait=True)
@@ -165,7 +107,7 @@ def test_a_unit_failing_beyond_its_handler_still_reports_back(loop: FakeLoop) ->
             d.submit(conn, b"b")  # type: ignore[arg-type]
         d.flush(force=True)  # one unit: both connections
         loop.run_calls(1)
-        assert d.in_flight_total == 0 and d.units_in_pool == 0 and not d._unit_started
+        assert d.in_flight_total == 0 and d.units_in_pool == 0 and d.cap.in_pool == 0
         assert all(not c.batch_running and c.in_flight == 0 for c in conns)
         assert d.stats.handler_errors == 1 and d.stats.messages_handled == 4
     finally:
