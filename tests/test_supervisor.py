@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.asyncio.client import connect
 
 from helpers import UNIT, ServerProcess, client_ssl_context, wait_for
-from webscale.supervisor import _merge_families
+from webscale.worker import _merge_families
 
 StartServer = Callable[..., ServerProcess]
 

@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         from .server import run
-        from .supervisor import run_supervisor, run_worker, worker_role_from_env
+        from .supervisor import run_supervisor
+        from .worker import run_worker, worker_role_from_env
 
         role = worker_role_from_env()
         if role is not None:
