@@ -183,3 +183,31 @@ def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
 def test_worker_that_cannot_start_stops_the_supervisor(server_factory: StartServer) -> None:
     with pytest.raises(AssertionError, match="server exited 1"):
         server_factory("--workers", "2", "--handler", "no_such_module:handle")
+
+
+def test_hung_worker_is_killed_and_replaced(server_factory: StartServer) -> None:
+    # SIGSTOP freezes a worker's loop exactly as a hang would: its heartbeats stop, its
+    # listener stays open. The supervisor must kill it after --worker-hang-timeout and start
+    # another, and clients must reach the service afterwards.
+    server = server_factory("--workers", "2", "--worker-hang-timeout", "3")
+    supervisor = server.proc.pid
+    workers = wait_for(lambda: len(c := children(supervisor)) == 2 and c,
+                       what="two worker processes")
+    wait_for(lambda: server.stderr().count("is listening") >= 2, what="both workers listening")
+    victim = min(workers)
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        replaced = wait_for(
+            lambda: len(c := children(supervisor)) == 2 and victim not in c and c,
+            units=15, what="the hung worker to be replaced")
+    finally:
+        if not gone(victim):
+            os.kill(victim, signal.SIGCONT)
+    (new_worker,) = replaced - workers
+    log = server.stderr()
+    assert f"(pid {victim}) sent no heartbeat for" in log and "killing it" in log
+    wait_for(lambda: f"(pid {new_worker}) is listening" in server.stderr(),
+             what="the replacement to listen")
+    ctx = client_ssl_context(server.cafile)  # type: ignore[arg-type]
+    for _ in range(6):  # the kernel spreads new connections over both workers
+        asyncio.run(ws_round_trip(server, ctx))

@@ -84,6 +84,9 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     add("--workers", type=int, default=d.workers,
         help="worker processes, each with its own loop; above 1 a supervisor process starts "
              "and restarts them (default: %(default)s)")
+    add("--worker-hang-timeout", type=float, default=d.worker_hang_timeout,
+        help="with --workers: seconds without a heartbeat before a worker is killed and "
+             "restarted (default: %(default)s)")
     add("--log-level", default=d.log_level,
         choices=["debug", "info", "warning", "error"], help="(default: %(default)s)")
 

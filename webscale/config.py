@@ -86,6 +86,11 @@ class Config:
     # permessage-deflate window bits (RFC 7692 §7.1.2); 15 is zlib's and the RFC's default.
     deflate_window_bits: int = 15
     workers: int = 1
+    # With --workers: seconds without a heartbeat (a worker's loop sends one a second) before the
+    # supervisor kills and restarts that worker. A loop iteration takes well under a millisecond,
+    # so ten missed beats is a hung loop, not a busy one; below systemd's usual WatchdogSec=30 so
+    # the supervisor acts before systemd restarts everything.
+    worker_hang_timeout: float = 10.0
     log_level: str = "info"
 
     def validate(self) -> Config:
@@ -105,6 +110,9 @@ class Config:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
         if self.handshake_timeout <= 0:
             raise ConfigError("--handshake-timeout must be positive")
+        if self.worker_hang_timeout < 2:
+            raise ConfigError("--worker-hang-timeout must be at least 2 seconds (workers "
+                              "heartbeat once a second)")
         if self.max_connections is not None and self.max_connections <= 0:
             raise ConfigError("--max-connections must be positive")
         if self.tls and (self.cert is None) != (self.key is None):

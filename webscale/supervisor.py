@@ -17,9 +17,10 @@ for them and is the only process that talks to the real one:
 * READY=1 (and the single `listening on URL` line on stdout) once every worker is ready;
 * WATCHDOG=1 at half of $WATCHDOG_USEC from the supervisor's own loop, after checking that every
   worker is alive and heartbeating or is being replaced. A worker whose heartbeats stop for
-  `_WORKER_HANG_SECONDS` (a hung loop) is killed with SIGKILL and restarted by the supervisor,
-  so one hung worker costs a restart of that worker, not of the service; a hung supervisor stops
-  feeding systemd, which restarts everything. (So `NotifyAccess=main` would do; `all` is harmless.)
+  `--worker-hang-timeout` (10 s; a hung loop) is killed with SIGKILL and restarted by the
+  supervisor, so one hung worker costs a restart of that worker, not of the service; a hung
+  supervisor stops feeding systemd, which restarts everything. (So `NotifyAccess=main` would do;
+  `all` is harmless.)
 * STATUS= with every worker's connection counts; STOPPING=1 when a drain begins; RELOADING=1, the
   SIGHUP forwarded to every worker, then READY=1 once each has reloaded its certificate.
 
@@ -57,9 +58,6 @@ logger = logging.getLogger(__name__)
 
 # A worker's loop sends WATCHDOG=1 every second (half of the WATCHDOG_USEC we give it).
 _HEARTBEAT_SECONDS = 1.0
-# A loop iteration takes well under a millisecond; ten missed heartbeats is a hung loop, not a
-# busy one. Below systemd's usual WatchdogSec=30 so the supervisor acts first.
-_WORKER_HANG_SECONDS = 10.0
 # From exec to listening: imports, certificate load and bind take well under a second.
 _WORKER_START_SECONDS = 30.0
 # Restart backoff: quick for a one-off crash, doubling to a ceiling for a crash loop; a worker
@@ -310,7 +308,7 @@ class Supervisor:
         for slot in self.slots:
             if slot.proc is None or self.draining:
                 continue
-            if slot.ready and now - slot.last_heartbeat > _WORKER_HANG_SECONDS:
+            if slot.ready and now - slot.last_heartbeat > self.config.worker_hang_timeout:
                 logger.error("worker %d (pid %d) sent no heartbeat for %.1fs: killing it",
                              slot.index, slot.proc.pid, now - slot.last_heartbeat)
                 slot.proc.kill()
@@ -325,7 +323,7 @@ class Supervisor:
         for slot in self.slots:
             if slot.proc is None:
                 continue  # exited: a restart is scheduled (or we are draining)
-            if slot.ready and now - slot.last_heartbeat > _WORKER_HANG_SECONDS + 2:
+            if slot.ready and now - slot.last_heartbeat > self.config.worker_hang_timeout + 2:
                 return False  # hung and not yet killed: something is wrong with us too
         return True
 
