@@ -2,12 +2,13 @@
 
     python -m bench_client.asyncio_twin --host 127.0.0.1 --port 0 --cert C --key K
 
-It serves wss:// (or ws:// with --no-tls), decodes every text message with orjson into the same
-`Telemetry` dataclass (`payload.decode_telemetry`), counts, and answers `GET /stats` (JSON
-counters, the same keys as webscale's) and `GET /healthz` on the same port. When listening it
-prints exactly one line, `listening on wss://HOST:PORT`, to stdout. SIGTERM/SIGINT close every
-connection with 1001 and exit. This is the comparison baseline for `scripts/pudding`, so it stays
-deliberately plain: one coroutine per connection, decoding inline on the event loop.
+It serves wss:// (or ws:// with --no-tls), decodes every text message with webscale's own
+decoder (`webscale.messages.decode_telemetry`: orjson into the same dataclasses), counts, and
+answers `GET /stats` (JSON counters, the same keys as webscale's) and `GET /healthz` on the same
+port. When listening it prints exactly one line, `listening on wss://HOST:PORT`, to stdout.
+SIGTERM/SIGINT close every connection with 1001 and exit. This is the comparison baseline for
+`scripts/pudding` and `benchmarks/peer_table.py`, so it stays deliberately plain: one coroutine
+per connection, decoding inline on the event loop.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from bench_client.errors import PayloadError
-from bench_client.payload import decode_telemetry
+from webscale.errors import DecodeError
+from webscale.messages import decode_telemetry
 
 logger = logging.getLogger("bench_client.asyncio_twin")
 
@@ -67,7 +68,7 @@ class TwinServer:
                     continue
                 try:
                     decode_telemetry(message)
-                except (orjson.JSONDecodeError, PayloadError):
+                except DecodeError:
                     counters.decode_errors += 1
                 else:
                     counters.messages_decoded += 1

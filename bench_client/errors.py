@@ -3,7 +3,6 @@
     BenchError
     ├── ConfigError       bad command-line values (reported before anything starts)
     ├── ConnectError      a TCP connect that could not start or was refused (reason in args)
-    ├── PayloadError      a message that does not match the telemetry struct
     ├── HandshakeError    the server's answer to the upgrade request is not a valid 101
     └── FrameError        the server sent bytes that are not valid RFC 6455 frames
 """
@@ -20,10 +19,6 @@ class ConfigError(BenchError):
 
 
 class ConnectError(BenchError):
-    pass
-
-
-class PayloadError(BenchError):
     pass
 
 

@@ -6,8 +6,8 @@ whitespace before a value, and forbids leading zeros). A send patches those thre
 masks the bytes with a fresh random key and prepends the frame header (RFC 6455 §5.2, §5.3), so the
 hot path is three slice assignments, one `os.urandom(4)` and one C-speed XOR.
 
-`Telemetry` / `Reading` are the struct a server decodes each message into; the asyncio twin uses
-`decode_telemetry` so both servers do the same work per message.
+The servers decode it with `webscale.messages.decode_telemetry` (the asyncio twin too, so both do
+the same work per message).
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from bench_client.errors import PayloadError
 
 OPCODE_TEXT = 0x1
 
@@ -53,75 +51,6 @@ def _c_apply_mask() -> Callable[[bytes | bytearray, bytes], bytes] | None:
 
 
 apply_mask: Callable[[bytes | bytearray, bytes], bytes] = _c_apply_mask() or apply_mask_python
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    sensor: str
-    value: float
-    unit: str
-    ok: bool
-    tags: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Telemetry:
-    client_id: int
-    seq: int
-    sent_at: float
-    readings: tuple[Reading, ...]
-
-
-def _as_int(value: Any, name: str) -> int:
-    if type(value) is not int:
-        raise PayloadError(f"{name} must be an integer")
-    return value
-
-
-def _as_float(value: Any, name: str) -> float:
-    if type(value) is float or type(value) is int:
-        return float(value)
-    raise PayloadError(f"{name} must be a number")
-
-
-def _as_str(value: Any, name: str) -> str:
-    if type(value) is not str:
-        raise PayloadError(f"{name} must be a string")
-    return value
-
-
-def _reading(raw: Any) -> Reading:
-    if type(raw) is not dict:
-        raise PayloadError("reading must be an object")
-    tags = raw.get("tags")
-    if type(tags) is not list or any(type(tag) is not str for tag in tags):
-        raise PayloadError("tags must be a list of strings")
-    ok = raw.get("ok")
-    if type(ok) is not bool:
-        raise PayloadError("ok must be a boolean")
-    return Reading(
-        sensor=_as_str(raw.get("sensor"), "sensor"),
-        value=_as_float(raw.get("value"), "value"),
-        unit=_as_str(raw.get("unit"), "unit"),
-        ok=ok,
-        tags=tuple(tags),
-    )
-
-
-def decode_telemetry(data: bytes | str) -> Telemetry:
-    """Parse and validate one message; raise PayloadError (or orjson.JSONDecodeError) if bad."""
-    raw = orjson.loads(data)
-    if type(raw) is not dict:
-        raise PayloadError("message must be a JSON object")
-    readings = raw.get("readings")
-    if type(readings) is not list:
-        raise PayloadError("readings must be a list")
-    return Telemetry(
-        client_id=_as_int(raw.get("client_id"), "client_id"),
-        seq=_as_int(raw.get("seq"), "seq"),
-        sent_at=_as_float(raw.get("sent_at"), "sent_at"),
-        readings=tuple(_reading(item) for item in readings),
-    )
 
 
 def _sample_reading(index: int) -> dict[str, Any]:
