@@ -81,15 +81,15 @@ def test_connections_left_over_by_a_full_pool_get_a_timer(loop: FakeLoop) -> Non
         for conn in conns:
             d.submit(conn, b"x")  # type: ignore[arg-type]
         d.flush(force=True)
-        assert d.units_in_pool == 2 and list(d._ready) == [conns[2]]
+        assert d.cap.in_pool == 2 and list(d._ready) == [conns[2]]
         assert d._cap_timer is not None, "the left-over connection would wait for a wake-up"
         # When the two units go stale (they block), the timer sends the third.
         loop.now += 0.06
         d._cap_timer.callback(*d._cap_timer.args)
-        assert d.units_in_pool == 3 and not d._ready
+        assert d.cap.in_pool == 3 and not d._ready
         release.set()
         loop.run_calls(3)
-        assert d.in_flight_total == 0 and d.units_in_pool == 0 and d.cap.in_pool == 0
+        assert d.in_flight_total == 0 and d.cap.in_pool == 0
     finally:
         release.set()
         d.shutdown(wait=True)
@@ -107,7 +107,7 @@ def test_a_unit_failing_beyond_its_handler_still_reports_back(loop: FakeLoop) ->
             d.submit(conn, b"b")  # type: ignore[arg-type]
         d.flush(force=True)  # one unit: both connections
         loop.run_calls(1)
-        assert d.in_flight_total == 0 and d.units_in_pool == 0 and d.cap.in_pool == 0
+        assert d.in_flight_total == 0 and d.cap.in_pool == 0
         assert all(not c.batch_running and c.in_flight == 0 for c in conns)
         assert d.stats.handler_errors == 1 and d.stats.messages_handled == 4
     finally:

@@ -149,7 +149,6 @@ class Dispatcher:
         self.linger = config.batch_linger
         self.pool = ThreadPoolExecutor(config.threads, thread_name_prefix="webscale-pool")
         self.in_flight_total = 0
-        self.units_in_pool = 0
         # Moving average of seconds per message (decode + handler), sizing the units.
         self.cost_per_message = 0.0001
         self.cap = UnitCap(config.threads, loop.now)
@@ -247,17 +246,15 @@ class Dispatcher:
         self.stats.in_flight = self.in_flight_total
 
     def _submit(self, unit: Unit) -> None:
-        self.units_in_pool += 1
         seq = self.cap.submitted(self.loop.now)
-        self.stats.pool_queue_depth = self.units_in_pool
+        self.stats.pool_queue_depth = self.cap.in_pool
         self.pool.submit(self._run_unit, unit, seq)
 
     def _unit_done(self, done: UnitDone) -> None:
         stats = self.stats
-        self.units_in_pool -= 1
         self.cap.finished(done.seq, done.cpu_seconds, done.handler_seconds, self.loop.now)
         stats.pool_gil_bound = int(self.cap.capped)
-        stats.pool_queue_depth = self.units_in_pool
+        stats.pool_queue_depth = self.cap.in_pool
         handled = 0
         for conn, count, close_code in done.finished:
             handled += count
@@ -299,7 +296,7 @@ class Dispatcher:
 
     @property
     def idle(self) -> bool:
-        return self.in_flight_total == 0 and self.units_in_pool == 0
+        return self.in_flight_total == 0 and self.cap.in_pool == 0
 
     def shutdown(self, wait: bool) -> None:
         for timer in (self._linger_timer, self._cap_timer):

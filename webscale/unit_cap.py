@@ -45,6 +45,7 @@ class UnitCap:
 
     @property
     def in_pool(self) -> int:
+        """Units submitted and not yet back (queued in the executor or running)."""
         return len(self._started)
 
     def submitted(self, now: float) -> int:
