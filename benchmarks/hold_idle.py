@@ -33,7 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from server_cost import _stop, start_server, tree_cpu_seconds, tree_rss_bytes  # noqa: E402
+from server_cost import (  # noqa: E402
+    read_bench_report,
+    start_server,
+    stop,
+    tree_cpu_seconds,
+    tree_rss_bytes,
+)
 
 from webscale.certs import ensure_certs  # noqa: E402
 
@@ -78,8 +84,7 @@ def main() -> int:
     bench = None
     try:
         deadline = time.monotonic() + 30
-        while sum(open_per_worker(port, ctx).values()) != 0 or len(
-                open_per_worker(port, ctx)) < args.workers:
+        while len(open_per_worker(port, ctx)) < args.workers:  # every worker has published
             if time.monotonic() > deadline:
                 raise SystemExit("workers did not all report in /metrics")
             time.sleep(0.5)
@@ -116,19 +121,9 @@ def main() -> int:
         bench.wait(timeout=args.hold + args.clients / args.ramp + 600)
         result["bench_exit"] = bench.returncode
     finally:
-        if bench is not None and bench.poll() is None:
-            bench.send_signal(signal.SIGINT)
-            try:
-                bench.wait(60)
-            except subprocess.TimeoutExpired:
-                bench.kill()
-        _stop(proc)
-    try:
-        report = json.loads(bench_json.read_text())
-        result["bench"] = {k: report.get(k) for k in ("connections", "cpu")}
-        bench_json.unlink()
-    except (OSError, ValueError):
-        result["bench"] = None
+        stop(bench, signal.SIGINT, 60)
+        stop(proc)
+    result["bench"] = read_bench_report(bench_json, ("connections", "cpu"))
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -25,6 +25,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -162,16 +163,29 @@ def run_point(server: str = "webscale", clients: int = 2000, rate: float = 1.0,
         result["error"] = f"server stopped answering /stats: {exc}"
         return result
     finally:
-        _stop(proc)
+        stop(proc)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+def stop(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM,
+         grace: float = 30) -> None:
+    """Ask a process we started to stop (a server drains on SIGTERM, bench_client reports on
+    SIGINT); kill it if it has not exited after `grace` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(sig)
         try:
-            proc.wait(30)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def read_bench_report(path: Path, keys: tuple[str, ...]) -> dict | None:
+    """The named sections of bench_client's --json report (the file is removed), or None."""
+    try:
+        report = json.loads(path.read_text())
+        path.unlink()
+    except (OSError, ValueError):
+        return None
+    return {k: report.get(k) for k in keys}
 
 
 def _measure(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, cafile: Path,
@@ -204,19 +218,11 @@ def _measure(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, cafile
             _window(proc, port, ctx, result, clients, rate, window, settle, rss_idle,
                     time.monotonic() - t_start)
     finally:
-        if bench is not None and bench.poll() is None:
-            bench.send_signal(signal.SIGINT)
-            try:
-                bench.wait(90)
-            except subprocess.TimeoutExpired:
-                bench.kill()
-    try:
-        report = json.loads(bench_json.read_text())
-        result["bench"] = {k: report.get(k) for k in (
-            "ping_rtt_s", "ping_rtt_ramp_s", "send_lateness_s", "connections", "messages", "cpu")}
-        bench_json.unlink()
-    except (OSError, ValueError):
-        pass
+        stop(bench, signal.SIGINT, 90)
+    report = read_bench_report(bench_json, (
+        "ping_rtt_s", "ping_rtt_ramp_s", "send_lateness_s", "connections", "messages", "cpu"))
+    if report is not None:
+        result["bench"] = report
     return result
 
 
