@@ -27,6 +27,17 @@ from webscale.certs import ensure_certs  # noqa: E402
 from webscale.tls import make_server_context  # noqa: E402
 
 
+def _step(side: ssl.SSLObject) -> tuple[bool, float]:
+    """One do_handshake call: (complete, thread CPU seconds it took)."""
+    started = time.thread_time()
+    try:
+        side.do_handshake()
+        done = True
+    except ssl.SSLWantReadError:
+        done = False
+    return done, time.thread_time() - started
+
+
 def handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[float, float]:
     """One full handshake; (client CPU seconds, server CPU seconds)."""
     c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -35,23 +46,13 @@ def handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[float, fl
     c_cpu = s_cpu = 0.0
     c_done = s_done = False
     while not (c_done and s_done):
-        started = time.thread_time()
         if not c_done:
-            try:
-                c.do_handshake()
-                c_done = True
-            except ssl.SSLWantReadError:
-                pass
-        c_cpu += time.thread_time() - started
+            c_done, spent = _step(c)
+            c_cpu += spent
         s_in.write(c_out.read())
-        started = time.thread_time()
         if not s_done:
-            try:
-                s.do_handshake()
-                s_done = True
-            except ssl.SSLWantReadError:
-                pass
-        s_cpu += time.thread_time() - started
+            s_done, spent = _step(s)
+            s_cpu += spent
         c_in.write(s_out.read())
     return c_cpu, s_cpu
 
