@@ -18,6 +18,7 @@ import resource
 import signal
 import sys
 import time
+from dataclasses import fields
 from multiprocessing.connection import Connection, wait
 from types import FrameType
 from typing import Any, cast
@@ -86,25 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    return BenchConfig(
-        url=args.url,
-        clients=args.clients,
-        rate=args.rate,
-        size=args.size,
-        duration=args.duration,
-        warmup=args.warmup,
-        ramp=args.ramp,
-        procs=args.procs,
-        source_addrs=parse_source_addrs(args.source_addrs) if args.source_addrs else (),
-        cafile=args.cafile,
-        insecure=args.insecure,
-        ping_sample=args.ping_sample,
-        json_path=args.json_path,
-        max_failures=args.max_failures,
-        handshake_timeout=args.handshake_timeout,
-        close_timeout=args.close_timeout,
-        inflight=args.inflight,
-    )
+    # Every flag named as its BenchConfig field (as webscale.cli does); only --source-addrs
+    # needs parsing into its field's type.
+    names = {f.name for f in fields(BenchConfig) if f.init}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["source_addrs"] = parse_source_addrs(args.source_addrs) if args.source_addrs else ()
+    return BenchConfig(**values)
 
 
 class Runner:
