@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-from webscale.dispatch import ConnectionHandle
+from webscale import ConnectionHandle
 from webscale.messages import Telemetry
 
 _log_lock = threading.Lock()

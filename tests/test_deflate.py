@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from webscale.deflate import valid_offer
-from webscale.protocol import ProtocolLimits, ServerProtocol, Upgraded
+from webscale.protocol import ProtocolLimits, RequestReceived, ServerProtocol
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -16,7 +16,8 @@ def agreed(offers: str) -> bytes | None:
     request = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\n"
                b"Sec-WebSocket-Extensions: " + offers.encode() + b"\r\n\r\n")
-    assert proto.receive_data(request) == [Upgraded("/")]
+    assert [type(e) for e in proto.receive_data(request)] == [RequestReceived]
+    assert proto.accept_upgrade() == []
     for line in proto.data_to_send().split(b"\r\n"):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"sec-websocket-extensions":

@@ -1,4 +1,5 @@
-"""The dispatcher's hand-off driven without sockets: the unit cap's timer, failing units.
+"""The dispatcher's hand-off driven without sockets: the unit cap's timer, failing units, lazy
+completions.
 
 A stand-in loop (the clock is set by hand, thread-safe calls are queued and run by the test)
 drives `Dispatcher` directly with real pool threads. The cap's own bookkeeping is in
@@ -14,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from webscale.config import Config
-from webscale.dispatch import ConnectionHandle, Dispatcher
+from webscale.dispatch import Dispatcher
+from webscale.handle import ConnectionHandle
 from webscale.loop import Timer
 from webscale.stats import Stats
 
@@ -23,41 +24,52 @@ from webscale.stats import Stats
 class FakeLoop:
     def __init__(self) -> None:
         self.now = 0.0
+        self.wait_cap: float | None = None
         self.before_wait: list[Callable[[], None]] = []
         self.timers: list[Timer] = []
-        self.calls: queue.SimpleQueue[tuple[Callable[..., object], tuple[Any, ...]]] = (
+        self.calls: queue.SimpleQueue[tuple[Callable[..., object], tuple[Any, ...], bool]] = (
             queue.SimpleQueue())
+        self.wakes = 0
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Timer:
         timer = Timer(self.now + delay, callback, args)
         self.timers.append(timer)
         return timer
 
-    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> None:
-        self.calls.put((callback, args))
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any,
+                             wake: bool = True) -> None:
+        self.calls.put((callback, args, wake))
 
-    def run_calls(self, count: int, timeout: float = 10.0) -> None:
+    def wake_soon(self) -> None:
+        self.wakes += 1
+
+    def run_calls(self, count: int, timeout: float = 10.0) -> list[bool]:
+        """Run `count` queued calls; how each asked to be woken."""
+        woke = []
         for _ in range(count):
-            callback, args = self.calls.get(timeout=timeout)
+            callback, args, wake = self.calls.get(timeout=timeout)
             callback(*args)
+            woke.append(wake)
+        return woke
 
 
 class FakeConn:
-    def __init__(self, loop: FakeLoop, conn_id: int) -> None:
+    def __init__(self, conn_id: int) -> None:
         self.conn_id = conn_id
-        self.inbox: list[str | bytes] = []
-        self.in_flight = 0
-        self.batch_running = False
-        self.handle: ConnectionHandle | None = ConnectionHandle(loop, self, None)  # type: ignore[arg-type]
         self.paused = False
+        self.done = 0
+        self.closed_with: int | None = None
 
-    def apply_backpressure(self, paused: bool) -> None:
+    def pause_reading(self, paused: bool) -> None:
         self.paused = paused
 
-    def batch_done(self) -> None:
-        pass
+    def messages_done(self, count: int) -> None:
+        self.done += count
 
-    def close_from_handler(self, code: int, reason: str) -> None:
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed_with = code
+
+    def send_message(self, data: str | bytes) -> None:
         pass
 
 
@@ -66,10 +78,15 @@ def loop() -> FakeLoop:
     return FakeLoop()
 
 
-def make(loop: FakeLoop, handler: Callable[..., object] | None = None) -> Dispatcher:
-    dispatcher = Dispatcher(loop, Config(threads=16, decode="none"), Stats(),  # type: ignore[arg-type]
-                            handler)
-    return dispatcher
+def make(loop: FakeLoop, handler: Callable[..., object] | None = None,
+         **options: Any) -> Dispatcher:
+    return Dispatcher(loop, Stats(), handler, None, threads=16, **options)  # type: ignore[arg-type]
+
+
+def opened(loop: FakeLoop, d: Dispatcher, conn_id: int) -> FakeConn:
+    conn = FakeConn(conn_id)
+    d.open(conn, ConnectionHandle(loop, conn, conn_id, None))  # type: ignore[arg-type]
+    return conn
 
 
 def test_connections_left_over_by_a_full_pool_get_a_timer(loop: FakeLoop) -> None:
@@ -77,12 +94,14 @@ def test_connections_left_over_by_a_full_pool_get_a_timer(loop: FakeLoop) -> Non
     d = make(loop, lambda handle, message: release.wait(10))
     try:
         d.cost_per_message = 0.01  # slow handlers: one connection per unit
-        conns = [FakeConn(loop, i) for i in range(3)]
+        conns = [opened(loop, d, i) for i in range(3)]
         for conn in conns:
-            d.submit(conn, b"x")  # type: ignore[arg-type]
+            d.deliver(conn, b"x")  # type: ignore[arg-type]
         d.flush(force=True)
-        assert d.cap.in_pool == 2 and list(d._ready) == [conns[2]]
+        assert d.cap.in_pool == 2 and [box.reader for box in d._ready] == [conns[2]]
         assert d._cap_timer is not None, "the left-over connection would wait for a wake-up"
+        # The two units out are now waited for: their completions must wake the loop.
+        assert all(unit.urgent for unit in d._units.values())
         # When the two units go stale (they block), the timer sends the third.
         loop.now += 0.06
         d._cap_timer.callback(*d._cap_timer.args)
@@ -90,6 +109,7 @@ def test_connections_left_over_by_a_full_pool_get_a_timer(loop: FakeLoop) -> Non
         release.set()
         loop.run_calls(3)
         assert d.in_flight_total == 0 and d.cap.in_pool == 0
+        assert [conn.done for conn in conns] == [1, 1, 1]
     finally:
         release.set()
         d.shutdown(wait=True)
@@ -101,14 +121,58 @@ def test_a_unit_failing_beyond_its_handler_still_reports_back(loop: FakeLoop) ->
 
     d = make(loop, exits)
     try:
-        conns = [FakeConn(loop, i) for i in range(2)]
+        conns = [opened(loop, d, i) for i in range(2)]
         for conn in conns:
-            d.submit(conn, b"a")  # type: ignore[arg-type]
-            d.submit(conn, b"b")  # type: ignore[arg-type]
+            d.deliver(conn, b"a")  # type: ignore[arg-type]
+            d.deliver(conn, b"b")  # type: ignore[arg-type]
         d.flush(force=True)  # one unit: both connections
         loop.run_calls(1)
         assert d.in_flight_total == 0 and d.cap.in_pool == 0
-        assert all(not c.batch_running and c.in_flight == 0 for c in conns)
+        assert [conn.done for conn in conns] == [2, 2]
         assert d.stats.handler_errors == 1 and d.stats.messages_handled == 4
     finally:
+        d.shutdown(wait=True)
+
+
+def test_completions_wake_the_loop_only_when_it_waits_for_them(loop: FakeLoop) -> None:
+    gate = threading.Event()
+    d = make(loop, lambda handle, message: gate.wait(10))
+    try:
+        quiet, busy = opened(loop, d, 1), opened(loop, d, 2)
+        d.deliver(quiet, b"q")  # type: ignore[arg-type]
+        d.deliver(busy, b"b1")  # type: ignore[arg-type]
+        d.flush(force=True)
+        assert loop.wait_cap is not None  # units out: the loop's sleep is bounded
+        # A second message for `busy` arrives while its batch runs: that unit is now urgent.
+        d.deliver(busy, b"b2")  # type: ignore[arg-type]
+        units = list(d._units.values())
+        assert len(units) == 1 and units[0].urgent
+        gate.set()
+        assert loop.run_calls(1) == [False]  # queued without a wake-up of its own...
+        assert loop.wakes == 1  # ...then hurried along, because the loop waited on it
+        assert [box.reader for box in d._ready] == [busy]
+        d.flush(force=True)
+        assert loop.run_calls(1) == [False]
+        assert loop.wakes == 1  # nobody waited for that one: no wake-up at all
+        assert loop.wait_cap is None and d.idle
+        assert (quiet.done, busy.done) == (1, 2)
+    finally:
+        gate.set()
+        d.shutdown(wait=True)
+
+
+def test_backpressure_pauses_and_resumes(loop: FakeLoop) -> None:
+    gate = threading.Event()
+    d = make(loop, lambda handle, message: gate.wait(10), max_in_flight_per_connection=3)
+    try:
+        conn = opened(loop, d, 1)
+        for data in (b"1", b"2", b"3"):
+            d.deliver(conn, data)  # type: ignore[arg-type]
+        assert conn.paused
+        d.flush(force=True)
+        gate.set()
+        loop.run_calls(1)
+        assert not conn.paused and conn.done == 3
+    finally:
+        gate.set()
         d.shutdown(wait=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from wsproto import frame_protocol
 
 from webscale import fastmask
 
@@ -29,10 +28,18 @@ def test_cmasker_matches_reference_over_any_split(splits: list[int]) -> None:
     assert out == reference_unmask(key, data)
 
 
-def test_install_swaps_wsproto_masker() -> None:
-    import webscale.protocol  # noqa: F401 - importing the protocol installs it
+def test_importing_the_protocol_patches_nothing_and_install_does() -> None:
+    import subprocess
+    import sys
 
-    expected = fastmask.CMasker if fastmask._apply_mask is not None else None
-    if expected is not None:
-        assert frame_protocol.XorMaskerSimple is fastmask.CMasker
+    # A fresh interpreter: importing webscale's protocol must not patch wsproto (no import-time
+    # side effects); install() does.
+    code = ("import webscale.protocol; from wsproto import frame_protocol as f; "
+            "from webscale import fastmask; before = f.XorMaskerSimple is fastmask.CMasker; "
+            "installed = fastmask.install(); "
+            "print(before, installed, f.XorMaskerSimple is fastmask.CMasker)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    expected = fastmask._apply_mask is not None
+    assert out == ["False", str(expected), str(expected)]
     assert fastmask.CMasker(b"abcd").process(b"") == b""

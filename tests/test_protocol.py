@@ -13,17 +13,17 @@ import struct
 
 import pytest
 
+from webscale.http import Response
 from webscale.protocol import (
     Closed,
     Event,
     HandshakeFailed,
-    HttpRequest,
     MessageReceived,
     Phase,
     PongReceived,
     ProtocolLimits,
+    RequestReceived,
     ServerProtocol,
-    Upgraded,
 )
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3's example key
@@ -63,10 +63,18 @@ def feed(proto: ServerProtocol, data: bytes, split: bool) -> list[Event]:
     return events
 
 
+def summary(events: list[Event]) -> list[tuple[str, str, bool]]:
+    """Request events as (method, target, upgrade), the rest as their type's name."""
+    return [(e.method, e.target, e.upgrade) if isinstance(e, RequestReceived)
+            else (type(e).__name__, "", False) for e in events]
+
+
 def opened(limits: ProtocolLimits | None = None) -> ServerProtocol:
     proto = ServerProtocol(limits or ProtocolLimits())
     events = proto.receive_data(UPGRADE)
-    assert events == [Upgraded("/chat")]
+    assert summary(events) == [("GET", "/chat", True)]
+    assert proto.phase is Phase.UPGRADE_PENDING
+    assert proto.accept_upgrade() == []
     proto.data_to_send()
     return proto
 
@@ -77,7 +85,12 @@ both = pytest.mark.parametrize("split", [False, True], ids=["whole", "bytewise"]
 @both
 def test_upgrade_answers_101_with_the_rfc_accept_value(split: bool) -> None:
     proto = ServerProtocol(ProtocolLimits())
-    assert feed(proto, UPGRADE, split) == [Upgraded("/chat")]
+    events = feed(proto, UPGRADE, split)
+    assert summary(events) == [("GET", "/chat", True)]
+    assert events[0].headers["sec-websocket-key"] == KEY.decode()  # type: ignore[union-attr]
+    assert events[0].headers.get("HOST") == "server.example.com"  # type: ignore[union-attr]
+    assert proto.data_to_send() == b""  # nothing is answered before the owner decides
+    assert proto.accept_upgrade() == []
     response = proto.data_to_send()
     assert response.startswith(b"HTTP/1.1 101 ")
     assert b"\r\nsec-websocket-accept: " + ACCEPT + b"\r\n" in response.lower().replace(
@@ -229,8 +242,9 @@ def test_unmasked_client_frame_closes_1002() -> None:
 def test_plain_http_request_surfaces(split: bool) -> None:
     proto = ServerProtocol(ProtocolLimits())
     events = feed(proto, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", split)
-    assert events == [HttpRequest("GET", "/healthz")]
-    proto.respond_http(200, b"ok\n")
+    assert summary(events) == [("GET", "/healthz", False)]
+    assert proto.phase is Phase.AWAITING_RESPONSE
+    proto.respond(Response(200, b"ok\n"))
     out = proto.data_to_send()
     assert out.startswith(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n")
     assert out.endswith(b"\r\n\r\nok\n")
@@ -267,17 +281,47 @@ def test_upgrade_without_key_gets_400() -> None:
     assert [(type(e), e.status) for e in events] == [(HandshakeFailed, 400)]  # type: ignore[union-attr]
 
 
-def test_refuse_status_answers_503_before_upgrade() -> None:
-    proto = ServerProtocol(ProtocolLimits(), refuse_status=503)
-    events = proto.receive_data(UPGRADE)
-    assert [(type(e), e.status) for e in events] == [(HandshakeFailed, 503)]  # type: ignore[union-attr]
-    assert proto.data_to_send().startswith(b"HTTP/1.1 503 ")
+def test_owner_refusal_answers_instead_of_101() -> None:
+    proto = ServerProtocol(ProtocolLimits())
+    assert summary(proto.receive_data(UPGRADE)) == [("GET", "/chat", True)]
+    proto.respond(Response.text(503))
+    assert proto.data_to_send().startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert proto.transport_should_close
+    assert proto.accept_upgrade() == []  # too late: refused
+    assert proto.data_to_send() == b""
+
+
+@both
+def test_bytes_after_the_head_wait_for_the_decision(split: bool) -> None:
+    proto = ServerProtocol(ProtocolLimits())
+    events = feed(proto, UPGRADE + masked_frame(0x1, b"early") + masked_frame(0x1, b"later"),
+                  split)
+    assert summary(events) == [("GET", "/chat", True)]
+    assert proto.accept_upgrade() == [MessageReceived("early"), MessageReceived("later")]
+
+
+def test_end_of_stream_while_the_upgrade_is_pending() -> None:
+    proto = ServerProtocol(ProtocolLimits())
+    proto.receive_data(UPGRADE)
+    assert proto.receive_data(b"") == [
+        Closed(1006, "end of stream before the upgrade was answered", True)]
+    assert proto.transport_should_close
+
+
+def test_end_of_stream_before_any_request_says_so() -> None:
+    proto = ServerProtocol(ProtocolLimits())
+    assert proto.receive_data(b"") == [Closed(1006, "closed before sending a request", True)]
+    proto = ServerProtocol(ProtocolLimits())
+    proto.receive_data(b"GET / HT")
+    assert proto.receive_data(b"") == [Closed(1006, "end of stream during the request head",
+                                              True)]
 
 
 def test_frames_pipelined_behind_the_upgrade_are_delivered() -> None:
     proto = ServerProtocol(ProtocolLimits())
     events = proto.receive_data(UPGRADE + masked_frame(0x1, b"early"))
-    assert events == [Upgraded("/chat"), MessageReceived("early")]
+    assert summary(events) == [("GET", "/chat", True)]
+    assert proto.accept_upgrade() == [MessageReceived("early")]
 
 
 def test_end_of_stream_reports_1006() -> None:
@@ -311,9 +355,9 @@ def test_large_random_message_roundtrip() -> None:
 
 def test_head_request_gets_headers_only() -> None:
     proto = ServerProtocol(ProtocolLimits())
-    assert proto.receive_data(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n") == [
-        HttpRequest("HEAD", "/healthz")]
-    proto.respond_http(200, b"ok\n", head_only=True)
+    assert summary(proto.receive_data(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")) == [
+        ("HEAD", "/healthz", False)]
+    proto.respond(Response(200, b"ok\n"), head_only=True)
     out = proto.data_to_send()
     assert out.startswith(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n")
     assert out.endswith(b"\r\n\r\n")

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from webscale.connection import _ALLOWED as CONN_MOVES
-from webscale.connection import ConnState
+from webscale.connection import Transport
 from webscale.errors import StateError
 from webscale.protocol import _ALLOWED as PHASE_MOVES
 from webscale.protocol import Phase
@@ -23,8 +23,8 @@ def test_allowed_move_returns_the_new_state() -> None:
 @pytest.mark.parametrize("table, current, to", [
     (PHASE_MOVES, Phase.CLOSED, Phase.OPEN),
     (PHASE_MOVES, Phase.FAILING, Phase.CLOSING),
-    (CONN_MOVES, ConnState.CLOSED, ConnState.OPEN),
-    (CONN_MOVES, ConnState.TLS_HANDSHAKE, ConnState.OPEN),
+    (CONN_MOVES, Transport.CLOSED, Transport.OPEN),
+    (CONN_MOVES, Transport.OPEN, Transport.TLS_HANDSHAKE),
 ])
 def test_impossible_move_raises_naming_states_and_event(table, current, to) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(StateError, match=f"conn 7: cannot move from {current.value} to "
@@ -34,4 +34,4 @@ def test_impossible_move_raises_naming_states_and_event(table, current, to) -> N
 
 def test_every_state_has_a_row() -> None:
     assert set(PHASE_MOVES) == set(Phase)
-    assert set(CONN_MOVES) == set(ConnState)
+    assert set(CONN_MOVES) == set(Transport)

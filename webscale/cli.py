@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import ConfigError
+from .worker import add_worker_arguments, role_from_args
 
 logger = logging.getLogger("webscale")
 
@@ -81,14 +82,32 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="permessage-deflate (costs tens of KiB per connection) (default: %(default)s)")
     add("--deflate-window-bits", type=int, default=d.deflate_window_bits,
         help="permessage-deflate window bits, 9-15 (default: %(default)s)")
-    add("--workers", type=int, default=d.workers,
+    add("--workers", type=_workers, default=d.workers,
         help="worker processes, each with its own loop; above 1 a supervisor process starts "
-             "and restarts them (default: %(default)s)")
+             "and restarts them; 'auto': one per available core (default: %(default)s)")
     add("--worker-hang-timeout", type=float, default=d.worker_hang_timeout,
         help="with --workers: seconds without a heartbeat before a worker is killed and "
              "restarted (default: %(default)s)")
     add("--log-level", default=d.log_level,
         choices=["debug", "info", "warning", "error"], help="(default: %(default)s)")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which systemd's CPUAffinity= and
+    containers narrow), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _workers(value: str) -> int:
+    if value == "auto":
+        return available_cores()
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number or 'auto'") from None
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -110,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
     _add_serve_flags(serve)
+    add_worker_arguments(serve)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -117,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         from .server import run
         from .supervisor import run_supervisor
-        from .worker import run_worker, worker_role_from_env
+        from .worker import run_worker
 
-        role = worker_role_from_env()
+        role = role_from_args(args)
         if role is not None:
             code = run_worker(config, role)
         elif config.workers > 1:

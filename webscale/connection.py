@@ -1,15 +1,21 @@
 """One client connection: the socket on one side, the sans-I/O protocol on the other.
 
 How this works: the loop calls `on_readable`/`on_writable`. While the TLS handshake runs, those
-drive `tls.handshake_step`; afterwards reads feed `ServerProtocol.receive_data` and the events it
-returns are acted on here (messages to the dispatcher, HTTP requests to the server's routes, close
-codes to the stats), then whatever the protocol wants sent is flushed. The socket is registered
-for exactly what the connection waits for: READ unless backpressure paused it, WRITE only while
-the outbound buffer is non-empty (or TLS needs it). Timers bound the handshake, detect dead peers
-(ping/pong) and idle ones, and bound the close handshake.
+drive `tls.handshake_step`; afterwards reads feed `ServerProtocol.receive_data`, and the events it
+returns go to the connection's owner (a small `Owner` Protocol the server implements): a plain
+request is answered with the `Response` value `owner.route()` returns, an upgrade request is
+decided by `owner.upgrade_requested()` (now or later, from the pool: it then calls
+`accept_upgrade()` or `respond()`), messages go to `owner.on_message()`. Whatever the protocol
+wants sent is flushed. The connection never knows the server: it gets the loop, the socket, its
+protocol, its settings and its owner when it is made (curio's kernel: no part has direct linkage
+to the kernel class), and tests drive it over a socketpair with a fake owner.
 
-States (ConnState) move only through `_enter`, which rejects impossible moves:
-    TLS_HANDSHAKE -> HTTP -> OPEN -> CLOSING -> CLOSED   (any state may go straight to CLOSED)
+The connection tracks only its transport (`Transport`): TLS handshake, open, closed. What the
+bytes mean (request head, WebSocket, closing) is the protocol's phase, the one state machine of
+that life. The socket is registered for exactly what the connection waits for: READ unless
+reading is paused (backpressure, or an upgrade waiting for its decision), WRITE only while the
+outbound buffer is non-empty (or TLS needs it). Timers bound the handshake, detect dead peers
+(ping/pong) and idle ones, and bound the close handshake.
 """
 
 from __future__ import annotations
@@ -19,68 +25,100 @@ import errno
 import logging
 import socket
 import ssl
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from . import tls
-from .dispatch import ConnectionHandle
-from .states import check_move
-from .loop import EVENT_READ, EVENT_WRITE, Timer
+from .http import PeerCertificate, Request, Response
+from .loop import EVENT_READ, EVENT_WRITE, EventLoop, Timer
 from .protocol import (
     Closed,
+    Event,
     HandshakeFailed,
-    HttpRequest,
     MessageReceived,
     Phase,
     PongReceived,
+    RequestReceived,
     ServerProtocol,
-    Upgraded,
 )
-
-if TYPE_CHECKING:
-    from .protocol import Event
-    from .server import Server
+from .states import check_move
+from .stats import Stats
 
 logger = logging.getLogger(__name__)
 
 
-class ConnState(enum.Enum):
+class Transport(enum.Enum):
     TLS_HANDSHAKE = "tls-handshake"
-    HTTP = "http"
-    OPEN = "open"
-    CLOSING = "closing"
+    OPEN = "open"      # bytes flow; the protocol's phase says what they mean
     CLOSED = "closed"
 
 
-_ALLOWED: dict[ConnState, frozenset[ConnState]] = {
-    ConnState.TLS_HANDSHAKE: frozenset({ConnState.HTTP, ConnState.CLOSED}),
-    ConnState.HTTP: frozenset({ConnState.OPEN, ConnState.CLOSING, ConnState.CLOSED}),
-    ConnState.OPEN: frozenset({ConnState.CLOSING, ConnState.CLOSED}),
-    ConnState.CLOSING: frozenset({ConnState.CLOSED}),
-    ConnState.CLOSED: frozenset(),
+_ALLOWED: dict[Transport, frozenset[Transport]] = {
+    Transport.TLS_HANDSHAKE: frozenset({Transport.OPEN, Transport.CLOSED}),
+    Transport.OPEN: frozenset({Transport.CLOSED}),
+    Transport.CLOSED: frozenset(),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """What a connection needs from the configuration (config.Config has the reasons)."""
+
+    handshake_timeout: float = 10.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    idle_timeout: float = 120.0
+    close_timeout: float = 5.0
+    outbound_limit_bytes: int = 1 << 20
+    read_chunk_bytes: int = 64 * 1024
+
+
+class Owner(Protocol):
+    """What a connection asks of whoever owns it (server.Server implements it)."""
+
+    def route(self, request: Request) -> Response:
+        """The answer to a plain HTTP request (a pure function of the request)."""
+        ...
+
+    def upgrade_requested(self, conn: Connection, request: Request) -> None:
+        """Decide an upgrade: call `conn.accept_upgrade()` or `conn.respond(...)`, now or later
+        from the loop thread."""
+        ...
+
+    def on_message(self, conn: Connection, data: str | bytes) -> None:
+        """A complete WebSocket message."""
+        ...
+
+    def on_closed(self, conn: Connection) -> None:
+        """The transport is closed; `conn.close_code` says how a WebSocket ended (0: none)."""
+        ...
+
 
 # Reads per readiness event before yielding to other connections (fairness under load).
 _READS_PER_EVENT = 8
-# Errors that mean "the peer went away"; anything else is logged as unexpected.
-_PEER_GONE = (ConnectionError, ssl.SSLEOFError, TimeoutError)
 
 
 class Connection:
-    __slots__ = ("conn_id", "server", "loop", "sock", "address", "proto", "state", "out",
-                 "out_bytes", "interest", "tls_want", "read_wants_write", "write_wants_read",
-                 "reading_paused", "inbox", "in_flight", "batch_running", "handle",
+    __slots__ = ("conn_id", "loop", "sock", "address", "proto", "settings", "owner", "stats",
+                 "transport", "out", "out_bytes", "interest", "tls_want", "read_wants_write",
+                 "write_wants_read", "reading_paused", "upgrade_pending", "websocket",
                  "handshake_timer", "keepalive_timer", "pong_timer", "close_timer",
-                 "awaiting_pong", "last_recv", "ping_count", "close_code")
+                 "awaiting_pong", "last_recv", "ping_count", "close_code", "outstanding",
+                 "peer_cert", "_on_message")
 
-    def __init__(self, server: Server, sock: socket.socket, address: object,
-                 conn_id: int, refuse_status: int = 0) -> None:
-        self.conn_id = conn_id
-        self.server = server
-        self.loop = server.loop
+    def __init__(self, loop: EventLoop, sock: socket.socket, protocol: ServerProtocol,
+                 settings: ConnectionSettings, owner: Owner, stats: Stats,
+                 address: Any = None) -> None:
+        self.conn_id = protocol.conn_id
+        self.loop = loop
         self.sock = sock
         self.address = address
-        self.proto = ServerProtocol(server.protocol_limits, conn_id, refuse_status)
-        self.state = ConnState.TLS_HANDSHAKE if tls.is_tls(sock) else ConnState.HTTP
+        self.proto = protocol
+        self.settings = settings
+        self.owner = owner
+        self.stats = stats
+        self._on_message = owner.on_message
+        self.transport = Transport.TLS_HANDSHAKE if tls.is_tls(sock) else Transport.OPEN
         # A list, not a deque: it rarely holds more than one chunk, and an empty deque costs
         # ~740 bytes against a list's 56, per idle connection.
         self.out: list[bytes] = []
@@ -89,56 +127,61 @@ class Connection:
         self.tls_want: tls.Want | None = tls.Want.READ
         self.read_wants_write = False
         self.write_wants_read = False
-        self.reading_paused = False
-        self.inbox: list[str | bytes] = []
-        self.in_flight = 0
-        self.batch_running = False
-        self.handle: ConnectionHandle | None = None
-        self.handshake_timer: Timer | None = self.loop.call_later(
-            server.config.handshake_timeout, self._handshake_timed_out)
+        self.reading_paused = False   # backpressure from the dispatcher
+        self.upgrade_pending = False  # the owner is deciding an upgrade: read nothing more
+        self.websocket = False        # the upgrade was accepted (a handle exists)
+        self.handshake_timer: Timer | None = loop.call_later(settings.handshake_timeout,
+                                                             self._handshake_timed_out)
         self.keepalive_timer: Timer | None = None
         self.pong_timer: Timer | None = None
         self.close_timer: Timer | None = None
         self.awaiting_pong = b""
-        self.last_recv = self.loop.now
+        self.last_recv = loop.now
         self.ping_count = 0
         self.close_code = 0
+        self.outstanding = 0  # messages given to the owner and not yet handled
+        self.peer_cert: PeerCertificate | None = None
 
     def start(self) -> None:
         self._update_interest()
 
     # -- state ------------------------------------------------------------------------------
-    def _enter(self, to: ConnState, why: str) -> None:
-        self.state = check_move(_ALLOWED, self.state, to, why, self.conn_id, logger)
+    def _enter(self, to: Transport, why: str) -> None:
+        self.transport = check_move(_ALLOWED, self.transport, to, why, self.conn_id, logger)
 
     @property
     def closed(self) -> bool:
         # A method, not an inline test: mypy would keep the state narrowed across _flush().
-        return self.state is ConnState.CLOSED
+        return self.transport is Transport.CLOSED
+
+    @property
+    def is_websocket(self) -> bool:
+        """An accepted WebSocket that is not closing yet."""
+        return self.proto.phase is Phase.OPEN
 
     # -- selector callbacks -----------------------------------------------------------------
     def on_readable(self) -> None:
-        if self.state is ConnState.CLOSED:
-            return
         try:
-            if self.state is ConnState.TLS_HANDSHAKE:
-                self._drive_handshake()
+            transport = self.transport
+            if transport is not Transport.OPEN:
+                if transport is Transport.TLS_HANDSHAKE:
+                    self._drive_handshake()
                 return
             if self.write_wants_read:
                 self.write_wants_read = False
                 self._flush()
             # (read_wants_write is served by on_writable; the flush may have closed us.)
-            if not self.reading_paused and not self.closed:
+            if not self.reading_paused and not self.upgrade_pending and not self.closed:
                 self._read()
         except Exception as exc:  # the boundary: one connection fails, not all
             self._fail_unexpectedly(exc)
 
     def on_writable(self) -> None:
-        if self.state is ConnState.CLOSED:
-            return
         try:
-            if self.state is ConnState.TLS_HANDSHAKE:
-                self._drive_handshake()
+            transport = self.transport
+            if transport is not Transport.OPEN:
+                if transport is Transport.TLS_HANDSHAKE:
+                    self._drive_handshake()
                 return
             if self.read_wants_write:
                 self.read_wants_write = False
@@ -152,14 +195,15 @@ class Connection:
         try:
             want = tls.handshake_step(self.sock)
         except (ssl.SSLError, OSError) as exc:
-            self.server.stats.tls_handshake_failures += 1
+            self.stats.tls_handshake_failures += 1
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("conn %d: TLS handshake failed: %s", self.conn_id, exc)
             self._close_transport()
             return
         self.tls_want = want
         if want is None:
-            self._enter(ConnState.HTTP, "TLS handshake complete")
+            self.peer_cert = tls.peer_certificate(self.sock)
+            self._enter(Transport.OPEN, "TLS handshake complete")
             self._update_interest()
             # The client's request may already sit decrypted inside OpenSSL.
             self._read()
@@ -170,14 +214,11 @@ class Connection:
     def _read(self) -> None:
         sock = self.sock
         proto = self.proto
-        stats = self.server.stats
-        chunk = self.server.config.read_chunk_bytes
+        stats = self.stats
+        chunk = self.settings.read_chunk_bytes
         for _ in range(_READS_PER_EVENT):
             try:
                 data = tls.recv(sock, chunk)
-            except _PEER_GONE as exc:
-                self._peer_gone(exc)
-                return
             except (ssl.SSLError, OSError) as exc:
                 self._peer_gone(exc)
                 return
@@ -192,7 +233,8 @@ class Connection:
             events = proto.receive_data(data)
             if events:
                 self._on_events(events)
-            if not size or self.state is ConnState.CLOSED or self.reading_paused:
+            if (not size or self.reading_paused or self.upgrade_pending
+                    or self.transport is Transport.CLOSED):
                 break
             if size < chunk and not tls.pending_plaintext(sock):
                 # Probably drained: a TLS read returns at most one record, and at one message
@@ -205,56 +247,86 @@ class Connection:
             # selector again; bytes OpenSSL already decrypted would not, so re-queue for those.
             if tls.pending_plaintext(sock):
                 self.loop.call_soon(self.on_readable)
-        if self.state is not ConnState.CLOSED:
+        if self.out or proto.has_output or proto.phase is Phase.CLOSED:
             self._flush()
 
     def _on_events(self, events: list[Event]) -> None:
-        server = self.server
         for event in events:
             kind = type(event)
             if kind is MessageReceived:
-                server.stats.messages_received += 1
-                server.dispatcher.submit(self, event.data)  # type: ignore[union-attr]
+                self.stats.messages_received += 1
+                self.outstanding += 1
+                self._on_message(self, event.data)  # type: ignore[union-attr]
             elif kind is PongReceived:
                 if event.payload == self.awaiting_pong:  # type: ignore[union-attr]
                     self.awaiting_pong = b""
                     if self.pong_timer is not None:
                         self.pong_timer.cancel()
                         self.pong_timer = None
-            elif kind is Upgraded:
-                self._on_upgraded()
-            elif kind is HttpRequest:
-                server.stats.http_requests += 1
-                server.respond_http(self, cast(HttpRequest, event))
+            elif kind is RequestReceived:
+                self._on_request(event)  # type: ignore[arg-type]
             elif kind is Closed:
-                self._on_closed(cast(Closed, event))
+                self._on_closed(event)  # type: ignore[arg-type]
             elif kind is HandshakeFailed:
-                if self.proto.refuse_status and event.status == self.proto.refuse_status:  # type: ignore[union-attr]
-                    server.stats.connections_rejected += 1
-                else:
-                    server.stats.ws_handshake_failures += 1
+                self.stats.ws_handshake_failures += 1
                 if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("conn %d: handshake refused %d: %s", self.conn_id,
-                                 event.status, event.reason)  # type: ignore[union-attr]
+                    logger.debug("conn %d: request from %s refused %d: %s", self.conn_id,
+                                 self.address, event.status, event.reason)  # type: ignore[union-attr]
         phase = self.proto.phase
-        if phase is Phase.CLOSING and self.state is ConnState.OPEN:
-            self._enter(ConnState.CLOSING, "protocol closing")
+        if phase is Phase.CLOSING:
             self._arm_close_timer()
         elif phase is Phase.FAILING:
             # A protocol error: the close frame goes out once the pool has answered what came
-            # before it (batch_done), or after --close-timeout at the latest.
-            if self.in_flight == 0:
+            # before it (messages_done), or after --close-timeout at the latest.
+            if self.outstanding == 0:
                 self.proto.fail_now()
             else:
                 self._arm_close_timer()
 
-    def _on_upgraded(self) -> None:
-        self._enter(ConnState.OPEN, "WebSocket upgrade")
+    def _on_request(self, event: RequestReceived) -> None:
+        request = Request(event.method, event.target, event.headers, event.upgrade,
+                          self.address, self.peer_cert)
+        if not event.upgrade:
+            self.stats.http_requests += 1
+            self.proto.respond(self.owner.route(request), head_only=event.method == "HEAD")
+            return
+        self.upgrade_pending = True
+        self._update_interest()
+        self.owner.upgrade_requested(self, request)
+
+    def accept_upgrade(self) -> None:
+        """The owner accepts the pending upgrade: 101, then the WebSocket (loop thread)."""
+        if not self.upgrade_pending or self.closed:
+            return
+        self.upgrade_pending = False
         if self.handshake_timer is not None:
             self.handshake_timer.cancel()
             self.handshake_timer = None
-        self.handle = ConnectionHandle(self.loop, self, self.address)
-        self._arm_keepalive()
+        events = self.proto.accept_upgrade()
+        if self.proto.phase is Phase.OPEN or self.proto.phase is Phase.FAILING:
+            self.websocket = True
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("conn %d: WebSocket open from %s, extensions: %s", self.conn_id,
+                             self.address, ", ".join(self.proto.extensions) or "none")
+            self._arm_keepalive()
+        if events:
+            self._on_events(events)
+        self._after_decision()
+
+    def respond(self, response: Response) -> None:
+        """Answer the pending upgrade with `response` (a refusal); the connection then closes."""
+        if self.closed:
+            return
+        self.upgrade_pending = False
+        self.proto.respond(response)
+        self._after_decision()
+
+    def _after_decision(self) -> None:
+        if self.closed:
+            return
+        self._flush()
+        if not self.closed and tls.pending_plaintext(self.sock):
+            self.loop.call_soon(self.on_readable)
 
     def _on_closed(self, event: Closed) -> None:
         self._record_close(event.code)
@@ -271,7 +343,7 @@ class Connection:
             self.out_bytes += len(data)
         out = self.out
         sock = self.sock
-        stats = self.server.stats
+        stats = self.stats
         while out:
             chunk = out[0]
             try:
@@ -290,7 +362,7 @@ class Connection:
                 del out[0]
             else:
                 out[0] = chunk[sent:]
-        if self.out_bytes > self.server.config.outbound_limit_bytes:
+        if self.out_bytes > self.settings.outbound_limit_bytes:
             self._slow_consumer()
             return
         if not out and proto.transport_should_close:
@@ -306,14 +378,14 @@ class Connection:
         self._close_transport()
 
     def _update_interest(self) -> None:
-        state = self.state
-        if state is ConnState.CLOSED:
+        transport = self.transport
+        if transport is Transport.CLOSED:
             return
-        if state is ConnState.TLS_HANDSHAKE:
+        if transport is Transport.TLS_HANDSHAKE:
             want = EVENT_WRITE if self.tls_want is tls.Want.WRITE else EVENT_READ
         else:
             want = 0
-            if not self.reading_paused or self.write_wants_read:
+            if not (self.reading_paused or self.upgrade_pending) or self.write_wants_read:
                 want = EVENT_READ
             if self.out or self.read_wants_write:
                 want |= EVENT_WRITE
@@ -328,127 +400,136 @@ class Connection:
         self.interest = want
 
     # -- called by the dispatcher and handles (loop thread) ----------------------------------
-    def apply_backpressure(self, paused: bool) -> None:
-        if paused == self.reading_paused or self.state is ConnState.CLOSED:
+    def pause_reading(self, paused: bool) -> None:
+        """Backpressure: stop (or resume) reading this client."""
+        if paused == self.reading_paused or self.closed:
             return
         self.reading_paused = paused
-        self.server.stats.paused_connections += 1 if paused else -1
+        self.stats.paused_connections += 1 if paused else -1
         self._update_interest()
         if not paused and tls.pending_plaintext(self.sock):
             self.loop.call_soon(self.on_readable)
 
-    def batch_done(self) -> None:
-        """The pool finished a batch of this connection's messages (their replies are out)."""
-        if (self.in_flight == 0 and self.proto.phase is Phase.FAILING
-                and self.state is not ConnState.CLOSED):
+    def messages_done(self, count: int) -> None:
+        """The owner finished `count` of the messages it was given (their replies are out)."""
+        self.outstanding -= count
+        if self.outstanding == 0 and self.proto.phase is Phase.FAILING and not self.closed:
             self.proto.fail_now()
             self._flush()
 
-    def send_from_handler(self, data: str | bytes) -> None:
-        if self.state is not ConnState.OPEN:
+    def send_message(self, data: str | bytes) -> None:
+        """Send a message if the WebSocket is still open (a handler's reply)."""
+        if self.closed:
             return
         if self.proto.send_message(data):
-            self.server.stats.messages_out += 1
+            self.stats.messages_out += 1
             self._flush()
 
-    def close_from_handler(self, code: int, reason: str) -> None:
-        self.close(code, reason)
-
-    def close(self, code: int, reason: str = "") -> None:
+    def close(self, code: int = 1000, reason: str = "") -> None:
         """Start a clean close: a close frame when open, otherwise just drop the socket."""
-        if self.state is ConnState.OPEN:
+        if self.closed:
+            return
+        phase = self.proto.phase
+        if phase is Phase.OPEN or phase is Phase.FAILING:
             self.proto.close(code, reason)
-            self._enter(ConnState.CLOSING, f"server close {code}")
             self._arm_close_timer()
             self._flush()
-        elif self.state in (ConnState.TLS_HANDSHAKE, ConnState.HTTP):
+        elif phase is not Phase.CLOSING:
             self.proto.abort()
             self._close_transport()
+
+    def abort(self) -> None:
+        """Drop the connection now, without a close handshake (the server is exiting)."""
+        self.proto.abort()
+        self._close_transport()
 
     # -- timers -----------------------------------------------------------------------------
     def _handshake_timed_out(self) -> None:
         self.handshake_timer = None
-        if self.state in (ConnState.TLS_HANDSHAKE, ConnState.HTTP):
-            self.server.stats.handshake_timeouts += 1
+        if not self.websocket and not self.closed:
+            self.stats.handshake_timeouts += 1
             if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("conn %d: handshake timed out in %s", self.conn_id, self.state.value)
+                logger.debug("conn %d: handshake timed out in %s/%s", self.conn_id,
+                             self.transport.value, self.proto.phase.value)
             self.proto.abort()
             self._close_transport()
 
     def _arm_keepalive(self) -> None:
-        config = self.server.config
-        period = config.ping_interval or config.idle_timeout
+        settings = self.settings
+        period = settings.ping_interval or settings.idle_timeout
         if period > 0:
             self.keepalive_timer = self.loop.call_later(period, self._keepalive)
 
     def _keepalive(self) -> None:
         self.keepalive_timer = None
-        if self.state is not ConnState.OPEN:
+        if self.proto.phase is not Phase.OPEN or self.closed:
             return
-        config = self.server.config
-        if config.idle_timeout and self.loop.now - self.last_recv >= config.idle_timeout:
+        settings = self.settings
+        if settings.idle_timeout and self.loop.now - self.last_recv >= settings.idle_timeout:
             self.close(1001, "idle timeout")
             return
-        if config.ping_interval and not self.awaiting_pong:
+        if settings.ping_interval and not self.awaiting_pong:
             self.ping_count += 1
             payload = self.ping_count.to_bytes(4, "big")
             if self.proto.send_ping(payload):
                 self.awaiting_pong = payload
-                if config.ping_timeout:
-                    self.pong_timer = self.loop.call_later(config.ping_timeout, self._pong_missed)
+                if settings.ping_timeout:
+                    self.pong_timer = self.loop.call_later(settings.ping_timeout,
+                                                           self._pong_missed)
                 self._flush()
         self._arm_keepalive()
 
     def _pong_missed(self) -> None:
         self.pong_timer = None
-        if self.awaiting_pong and self.state is ConnState.OPEN:
-            logger.info("conn %d: no pong within %.1fs, dropping", self.conn_id,
-                        self.server.config.ping_timeout)
+        if self.awaiting_pong and self.proto.phase is Phase.OPEN and not self.closed:
+            logger.info("conn %d: no pong from %s within %.1fs, dropping", self.conn_id,
+                        self.address, self.settings.ping_timeout)
             self._record_close(1011)
             self.proto.abort()
             self._close_transport()
 
     def _arm_close_timer(self) -> None:
         if self.close_timer is None:
-            self.close_timer = self.loop.call_later(self.server.config.close_timeout,
+            self.close_timer = self.loop.call_later(self.settings.close_timeout,
                                                     self._close_timed_out)
 
     def _close_timed_out(self) -> None:
         self.close_timer = None
+        if self.closed:
+            return
         if self.proto.phase is Phase.FAILING:
             self.proto.fail_now()  # the pool is still busy with earlier messages: stop waiting
             self._flush()
             return
-        if self.state is not ConnState.CLOSED:
-            self._record_close(self.proto.local_close_code or 1006)
-            self.proto.abort()
-            self._close_transport()
+        self._record_close(self.proto.local_close_code or 1006)
+        self.proto.abort()
+        self._close_transport()
 
     def _record_close(self, code: int) -> None:
         """Count how a WebSocket ended, once per connection (closes by code in /stats)."""
-        if not self.close_code and self.handle is not None:
+        if not self.close_code and self.websocket:
             self.close_code = code
-            self.server.stats.closes_by_code[code] += 1
+            self.stats.closes_by_code[code] += 1
 
     # -- endings ----------------------------------------------------------------------------
     def _peer_gone(self, exc: BaseException) -> None:
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("conn %d: connection lost in %s: %r", self.conn_id, self.state.value, exc)
+            logger.debug("conn %d: connection lost in %s: %r", self.conn_id,
+                         self.proto.phase.value, exc)
         self._record_close(self.proto.local_close_code or 1006)
         self.proto.abort()
         self._close_transport()
 
     def _fail_unexpectedly(self, exc: BaseException) -> None:
         # A bug of ours, not the peer's fault: log it fully, tell the peer only 1011.
-        logger.error("conn %d: unexpected error in %s", self.conn_id, self.state.value,
+        logger.error("conn %d: unexpected error in %s", self.conn_id, self.proto.phase.value,
                      exc_info=exc)
-        if self.state is ConnState.CLOSED:
+        if self.closed:
             return
-        if self.state is ConnState.OPEN:
+        if self.proto.phase is Phase.OPEN:
             try:
                 self.proto.close(1011, "internal error")
-                data = self.proto.data_to_send()
-                tls.send(self.sock, data)
+                tls.send(self.sock, self.proto.data_to_send())
             except Exception as close_exc:  # best effort on the way out; the cause is logged above
                 logger.debug("conn %d: 1011 close frame not sent: %r", self.conn_id, close_exc)
         self._record_close(1011)
@@ -456,9 +537,9 @@ class Connection:
         self._close_transport()
 
     def _close_transport(self) -> None:
-        if self.state is ConnState.CLOSED:
+        if self.transport is Transport.CLOSED:
             return
-        self._enter(ConnState.CLOSED, "transport closed")
+        self._enter(Transport.CLOSED, "transport closed")
         for timer in (self.handshake_timer, self.keepalive_timer, self.pong_timer,
                       self.close_timer):
             if timer is not None:
@@ -472,7 +553,7 @@ class Connection:
             self.interest = 0
         if self.reading_paused:
             self.reading_paused = False
-            self.server.stats.paused_connections -= 1
+            self.stats.paused_connections -= 1
         try:
             self.sock.close()
         except OSError as exc:
@@ -480,4 +561,4 @@ class Connection:
                 logger.debug("conn %d: close: %r", self.conn_id, exc)
         self.out.clear()
         self.out_bytes = 0
-        self.server.connection_closed(self)
+        self.owner.on_closed(self)

@@ -1,23 +1,30 @@
-"""The event loop: one thread, one selector, a timer heap and a wake-up socket.
+"""The event loop: one thread, one poller, a timer heap and a wake-up socket.
 
 How this works: every socket is registered with a poller together with a `Handler`; `run_once()`
-waits for readiness until the nearest timer, calls `on_readable`/`on_writable`, runs callbacks
-queued with `call_soon` and the timers that are due, then the `before_wait` hooks (where the
-dispatcher hands the iteration's messages to the pool in one go). On Linux the poller is
-`select.epoll` used directly (level-triggered): `selectors.EpollSelector` builds a SelectorKey
-lookup per event, a measurable cost at tens of thousands of events a second. Elsewhere it is
-`selectors.DefaultSelector` (kqueue on BSD/macOS). Other threads never touch loop state: they
-use `call_soon_threadsafe`, which
-appends to a deque and writes one byte to a socketpair the selector watches. A pending-wake flag
-keeps that to one write per loop iteration however many pool threads report (curio's `wake()`).
-Signal handlers only set a flag; `signal.set_wakeup_fd` points at the same socketpair, so a signal
-interrupts the wait at once.
+first runs the `before_wait` hooks (where the dispatcher hands the iteration's messages to the
+pool in one go, as the last thing before the thread sleeps, so a woken pool thread finds the GIL
+free), then waits for readiness until the nearest timer, calls `on_readable`/`on_writable`, runs
+the callbacks queued with `call_soon` or from other threads, and the timers that are due.
+
+The poller: on Linux `select.epoll` used directly (level-triggered): `selectors.EpollSelector`
+builds a SelectorKey lookup per event, a measurable cost at tens of thousands of events a second.
+Elsewhere `selectors.DefaultSelector` (kqueue on BSD/macOS). `WEBSCALE_POLLER=selectors` (or
+`poll`, `select`) picks the generic path on Linux too, so tests run it where kqueue is absent.
+
+Other threads never touch loop state: they use `call_soon_threadsafe`, which appends to a deque
+and writes one byte to a socketpair the poller watches. A pending-wake flag keeps that to one
+write per loop iteration however many threads report (curio's `wake()`). `wake=False` queues
+without writing: the callback runs at the loop's next wake-up, which the caller bounds with
+`wait_cap` (the dispatcher's completions: the loop is usually awake for reads anyway, and a
+wake-up per pool unit costs two context switches). Signal handlers only set a flag;
+`signal.set_wakeup_fd` points at the same socketpair, so a signal interrupts the wait at once.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import os
 import select
 import selectors
 import socket
@@ -69,9 +76,9 @@ class _Waker:
         self.sock = sock
 
     def on_readable(self) -> None:
+        # One read: the bytes mean nothing, and a level-triggered poller reports any left over.
         try:
-            while self.sock.recv(4096):
-                pass
+            self.sock.recv(4096)
         except (BlockingIOError, InterruptedError):
             pass
 
@@ -82,6 +89,8 @@ class _Waker:
 class _EpollPoller:
     """epoll with an fd -> handler dict; ERR/HUP wake both callbacks so the handler's next
     read or write reports the error."""
+
+    name = "epoll"
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
@@ -119,8 +128,11 @@ class _EpollPoller:
 
 
 class _SelectorPoller:
-    def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
+    """Any `selectors` selector: kqueue on BSD/macOS, or the one WEBSCALE_POLLER names."""
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self._selector = selector
+        self.name = type(selector).__name__
 
     def register(self, sock: socket.socket, events: int, handler: Handler) -> None:
         self._selector.register(sock, events, handler)
@@ -148,13 +160,29 @@ def _to_epoll(events: int) -> int:
             | (select.EPOLLOUT if events & EVENT_WRITE else 0))
 
 
-def _make_poller() -> _EpollPoller | _SelectorPoller:
-    return _EpollPoller() if hasattr(select, "epoll") else _SelectorPoller()
+_SELECTORS: dict[str, str] = {"selectors": "DefaultSelector", "poll": "PollSelector",
+                              "select": "SelectSelector", "kqueue": "KqueueSelector"}
+POLLER_ENV = "WEBSCALE_POLLER"
+
+
+def make_poller(kind: str | None = None) -> _EpollPoller | _SelectorPoller:
+    """epoll where the kernel has it; `kind` (default $WEBSCALE_POLLER) picks a `selectors` one."""
+    kind = kind or os.environ.get(POLLER_ENV) or ("epoll" if hasattr(select, "epoll")
+                                                  else "selectors")
+    if kind == "epoll" and hasattr(select, "epoll"):
+        return _EpollPoller()
+    name = _SELECTORS.get(kind)
+    selector_class = getattr(selectors, name, None) if name else None
+    if selector_class is None:
+        raise ValueError(f"{POLLER_ENV}={kind!r}: not available here (known: epoll, "
+                         f"{', '.join(_SELECTORS)})")
+    return _SelectorPoller(selector_class())
 
 
 class EventLoop:
-    def __init__(self) -> None:
-        self._poller = _make_poller()
+    def __init__(self, poller: str | None = None) -> None:
+        self._poller = make_poller(poller)
+        self.poller_name = self._poller.name
         self._timers: list[Timer] = []
         self._ready: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self._threadsafe: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
@@ -172,6 +200,9 @@ class EventLoop:
         # Called at the end of every iteration, before the loop waits again: where work
         # gathered during the iteration is handed off in one go (dispatch.Dispatcher.flush).
         self.before_wait: list[Callable[[], None]] = []
+        # The longest the loop may sleep while callbacks queued with wake=False may arrive
+        # (None: no bound beyond the timers and run_once's max_wait).
+        self.wait_cap: float | None = None
 
     # -- registration ------------------------------------------------------------------------
     def register(self, sock: socket.socket, events: int, handler: Handler) -> None:
@@ -196,11 +227,21 @@ class EventLoop:
         """Run `callback` on the loop thread after the current event (loop thread only)."""
         self._ready.append((callback, args))
 
-    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> None:
-        """Run `callback` on the loop thread; callable from any thread."""
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any,
+                             wake: bool = True) -> None:
+        """Run `callback` on the loop thread; callable from any thread.
+
+        With `wake=False` the loop is not woken for it: it runs at the next wake-up (I/O, a
+        timer, another call, or `wait_cap`), and `wake_soon()` can still hurry it along."""
         self._threadsafe.append((callback, args))
         # Order matters: append before checking the flag, and the loop clears the flag before
         # draining, so an item is never left behind without a wake-up on its way.
+        if wake and not self._wake_pending:
+            self._wake_pending = True
+            self.wake()
+
+    def wake_soon(self) -> None:
+        """From any thread: make sure the loop wakes up to run what is queued."""
         if not self._wake_pending:
             self._wake_pending = True
             self.wake()
@@ -223,15 +264,22 @@ class EventLoop:
 
     # -- running -----------------------------------------------------------------------------
     def run_once(self, max_wait: float | None = None) -> None:
+        # Hand-offs first: whatever the last iteration gathered goes out just before we sleep.
+        for callback in self.before_wait:
+            callback()
         timeout: float | None
         if self._ready or self._threadsafe:
             timeout = 0.0
-        elif self._timers:
-            timeout = max(0.0, self._timers[0].when - time.monotonic())
-            if max_wait is not None:
-                timeout = min(timeout, max_wait)
         else:
             timeout = max_wait
+            if self._timers:
+                until = self._timers[0].when - time.monotonic()
+                timeout = until if timeout is None or until < timeout else timeout
+            cap = self.wait_cap
+            if cap is not None and (timeout is None or cap < timeout):
+                timeout = cap
+            if timeout is not None and timeout < 0.0:
+                timeout = 0.0
         events = self._poller.poll(timeout)
         started = self.now = time.monotonic()
         for handler, mask in events:
@@ -243,8 +291,6 @@ class EventLoop:
                 handler.on_writable()
         self._run_queued()
         self._run_timers()
-        for callback in self.before_wait:
-            callback()
         self.iterations += 1
         if self.on_iteration is not None:
             self.on_iteration(time.monotonic() - started)

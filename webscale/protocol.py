@@ -2,15 +2,21 @@
 
 How this works: a connection starts in REQUEST_HEAD. Bytes are buffered until h11 has parsed a
 complete request head within `max_header_bytes` and `max_headers` (else 431, or 400 for a
-malformed head). A WebSocket upgrade is then handed, bytes and all, to a `wsproto.WSConnection`,
-which owns the WebSocket protocol; any other request surfaces as `HttpRequest` for the server to
-answer with `respond_http`, after which the connection closes. In OPEN, wsproto's events become
-ours: pings are answered here (wsproto does not), fragments are reassembled under
-`max_message_size` (wsproto has no limit; too big closes with 1009, RFC 6455 §7.4.1), and the
-close handshake is completed with the right code.
+malformed head). The head surfaces as `RequestReceived` and the connection's owner answers it:
+a plain request with `respond()` (then the connection closes), an upgrade with `accept_upgrade()`
+or `respond()` (a refusal). Until then the protocol waits in AWAITING_RESPONSE / UPGRADE_PENDING;
+bytes that came after the head are kept and fed in after the accept. A WebSocket upgrade is
+checked by a `wsproto.WSConnection` before it surfaces (a bad key or version is a 400 at once), and
+after the accept only its frame-level connection is kept. In OPEN, wsproto's events become ours:
+pings are answered here (wsproto does not), fragments are reassembled under `max_message_size`
+(wsproto has no limit; too big closes with 1009, RFC 6455 §7.4.1), and the close handshake is
+completed with the right code. A protocol violation parks the connection in FAILING until the
+pool has answered what came before it (`fail_now()` then sends the close frame).
 
-This module never touches sockets, threads or clocks: the connection layer feeds it, sends what
-`data_to_send()` returns, and closes the transport once `transport_should_close` is true.
+This is the one state machine of a connection's HTTP and WebSocket life; the connection layer
+only tracks its transport. This module never touches sockets, threads or clocks: the connection
+feeds it, sends what `data_to_send()` returns, and drops the transport once
+`transport_should_close` is true.
 """
 
 from __future__ import annotations
@@ -36,28 +42,29 @@ from wsproto.events import (
 from wsproto.extensions import Extension
 from wsproto.utilities import RemoteProtocolError
 
-from . import fastmask
 from .deflate import NegotiatedDeflate
+from .http import REASONS, Headers, Response
 from .states import check_move
-
-fastmask.install()
 
 logger = logging.getLogger(__name__)
 
 
 class Phase(enum.Enum):
-    REQUEST_HEAD = "request-head"   # reading the HTTP request head
-    HTTP_RESPONSE = "http-response"  # a plain HTTP request is being answered, then close
-    OPEN = "open"                   # WebSocket established
-    FAILING = "failing"             # the peer broke the protocol: replies to what it sent
-                                    # before still go out, then fail_now() sends the close
-    CLOSING = "closing"             # our close frame sent, waiting for the peer's
-    CLOSED = "closed"               # nothing more to read or send; drop the transport
+    REQUEST_HEAD = "request-head"            # reading the HTTP request head
+    AWAITING_RESPONSE = "awaiting-response"  # a plain HTTP request waits for respond()
+    UPGRADE_PENDING = "upgrade-pending"      # an upgrade waits for accept_upgrade()/respond()
+    OPEN = "open"                            # WebSocket established
+    FAILING = "failing"                      # the peer broke the protocol: replies to what it
+                                             # sent before still go out, then fail_now()
+    CLOSING = "closing"                      # our close frame sent, waiting for the peer's
+    CLOSED = "closed"                        # nothing more to read or send; drop the transport
 
 
 _ALLOWED: dict[Phase, frozenset[Phase]] = {
-    Phase.REQUEST_HEAD: frozenset({Phase.HTTP_RESPONSE, Phase.OPEN, Phase.CLOSED}),
-    Phase.HTTP_RESPONSE: frozenset({Phase.CLOSED}),
+    Phase.REQUEST_HEAD: frozenset({Phase.AWAITING_RESPONSE, Phase.UPGRADE_PENDING,
+                                   Phase.CLOSED}),
+    Phase.AWAITING_RESPONSE: frozenset({Phase.CLOSED}),
+    Phase.UPGRADE_PENDING: frozenset({Phase.OPEN, Phase.CLOSED}),
     Phase.OPEN: frozenset({Phase.FAILING, Phase.CLOSING, Phase.CLOSED}),
     Phase.FAILING: frozenset({Phase.CLOSED}),
     Phase.CLOSING: frozenset({Phase.CLOSED}),
@@ -76,16 +83,12 @@ class ProtocolLimits:
 
 # -- events out ------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class HttpRequest:
-    """A plain (non-upgrade) HTTP request: answer it with respond_http()."""
+class RequestReceived:
+    """A complete request head: answer with respond(), or (an upgrade) accept_upgrade()."""
     method: str
     target: str
-
-
-@dataclass(frozen=True, slots=True)
-class Upgraded:
-    """The WebSocket handshake completed."""
-    target: str
+    headers: Headers
+    upgrade: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +116,7 @@ class HandshakeFailed:
     reason: str
 
 
-Event = HttpRequest | Upgraded | MessageReceived | PongReceived | Closed | HandshakeFailed
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            426: "Upgrade Required", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 503: "Service Unavailable"}
-
+Event = RequestReceived | MessageReceived | PongReceived | Closed | HandshakeFailed
 
 # What the peer reads in our close frame when it broke the protocol (RFC 6455 §7.4.1).
 _CLOSE_REASONS = {1002: "protocol error", 1007: "invalid message data", 1009: "message too big"}
@@ -132,24 +130,26 @@ def _is_upgrade(request: h11.Request) -> bool:
 
 
 class ServerProtocol:
-    __slots__ = ("limits", "phase", "_head", "_h11", "_ws", "_out", "_parts", "_part_bytes",
-                 "_discarding", "_close_code", "conn_id", "refuse_status")
+    __slots__ = ("limits", "phase", "_head", "_h11", "_handshake", "_ws", "_out", "_parts",
+                 "_part_bytes", "_discarding", "_close_code", "_pending_input", "conn_id",
+                 "extensions")
 
-    def __init__(self, limits: ProtocolLimits, conn_id: int = 0, refuse_status: int = 0) -> None:
-        """`refuse_status` (e.g. 503 when at --max-connections): answer any upgrade with it."""
+    def __init__(self, limits: ProtocolLimits, conn_id: int = 0) -> None:
         self.limits = limits
         self.conn_id = conn_id
-        self.refuse_status = refuse_status
         self.phase = Phase.REQUEST_HEAD
         self._head = bytearray()
         self._h11: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self._handshake: WSConnection | None = None  # only while an upgrade is pending
         self._ws: WsFrameConnection | None = None
         self._out: list[bytes] = []
         self._parts: list[str | bytes] = []
         self._part_bytes = 0
         self._discarding = False
         self._close_code = 0
+        self._pending_input = b""  # bytes after the head, fed in once the upgrade is accepted
+        self.extensions: tuple[str, ...] = ()  # negotiated, for the connection's debug log
 
     # -- state ----------------------------------------------------------------------------
     def _move(self, to: Phase, why: str) -> None:
@@ -160,10 +160,15 @@ class ServerProtocol:
         """Once the output is flushed, drop the TCP connection."""
         return self.phase is Phase.CLOSED
 
+    @property
+    def is_open(self) -> bool:
+        """The WebSocket is established and not closing: messages may be sent."""
+        return self.phase is Phase.OPEN
+
     def data_to_send(self) -> bytes:
-        if not self._out:
-            return b""
         out = self._out
+        if not out:
+            return b""
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         return data
@@ -182,23 +187,33 @@ class ServerProtocol:
         """Feed bytes from the peer (b"" at end of stream); return what they caused."""
         phase = self.phase
         if phase is Phase.OPEN or phase is Phase.CLOSING:
-            return self._receive_ws(data)
+            ws = self._ws
+            assert ws is not None
+            ws.receive_data(data or None)
+            return self._drain_ws_events()
         if phase is Phase.REQUEST_HEAD:
             return self._receive_head(data)
-        return []  # answering plain HTTP or closed: further input is ignored
+        if phase is Phase.UPGRADE_PENDING:
+            if not data:
+                self._move(Phase.CLOSED, "end of stream before the upgrade was answered")
+                return [Closed(1006, "end of stream before the upgrade was answered", True)]
+            self._pending_input += data
+        return []  # answering plain HTTP, or closed: further input is ignored
 
     def _receive_head(self, data: bytes) -> list[Event]:
         assert self._h11 is not None
         if not data:
-            self._move(Phase.CLOSED, "end of stream before a request")
-            return [Closed(1006, "end of stream during the request head", True)]
+            why = ("closed before sending a request" if not self._head
+                   else "end of stream during the request head")
+            self._move(Phase.CLOSED, why)
+            return [Closed(1006, why, True)]
         self._head += data
         self._h11.receive_data(data)
         try:
             event = self._h11.next_event()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
-            return [self._refuse(status if status in _REASONS else 400, str(exc))]
+            return [self._refuse(status if status in REASONS else 400, str(exc))]
         if event is h11.NEED_DATA:
             return []
         if not isinstance(event, h11.Request):
@@ -207,25 +222,24 @@ class ServerProtocol:
             return [self._refuse(431, f"more than {self.limits.max_headers} headers")]
         # h11 bounds only an *incomplete* head; a whole oversized head that arrived in one read
         # (up to --read-chunk-bytes) would pass, so measure what it parsed as well.
-        if len(self._head) - len(self._h11.trailing_data[0]) > self.limits.max_header_bytes:
-            return [self._refuse(431, f"request head over {self.limits.max_header_bytes} bytes")]
-        target = event.target.decode("latin-1")
-        if not _is_upgrade(event):
-            self._move(Phase.HTTP_RESPONSE, "plain HTTP request")
-            self._h11 = None
-            return [HttpRequest(event.method.decode("latin-1"), target)]
-        if self.refuse_status:
-            return [self._refuse(self.refuse_status, "upgrade refused")]
-        return self._upgrade(target)
-
-    def _upgrade(self, target: str) -> list[Event]:
-        assert self._h11 is not None
-        # Bytes the client sent after its request head (frames it did not wait to send).
-        # wsproto's server handshake drops them, so they are fed in after the accept.
         trailing = bytes(self._h11.trailing_data[0])
+        if len(self._head) - len(trailing) > self.limits.max_header_bytes:
+            return [self._refuse(431, f"request head over {self.limits.max_header_bytes} bytes")]
+        received = RequestReceived(event.method.decode("latin-1"),
+                                   event.target.decode("latin-1"),
+                                   Headers.from_raw(list(event.headers)), _is_upgrade(event))
+        if not received.upgrade:
+            self._move(Phase.AWAITING_RESPONSE, "plain HTTP request")
+            self._h11 = None
+            self._head = bytearray()
+            return [received]
+        return self._check_upgrade(received, trailing)
+
+    def _check_upgrade(self, received: RequestReceived, trailing: bytes) -> list[Event]:
+        """Let wsproto validate the upgrade (key, version, ...) before the owner sees it."""
         ws = WSConnection(ConnectionType.SERVER)
         try:
-            ws.receive_data(bytes(self._head))
+            ws.receive_data(bytes(self._head)[:len(self._head) - len(trailing)])
             request = next((e for e in ws.events() if isinstance(e, Request)), None)
         except (RemoteProtocolError, ValueError) as exc:
             # wsproto decodes header values unguarded: a non-ASCII token or a Host that is not
@@ -233,8 +247,20 @@ class ServerProtocol:
             return [self._refuse(400, str(exc))]
         if request is None:
             return [self._refuse(400, "incomplete WebSocket upgrade request")]
+        self._handshake = ws
+        self._pending_input = trailing
+        self._h11 = None
+        self._head = bytearray()
+        self._move(Phase.UPGRADE_PENDING, "upgrade requested")
+        return [received]
+
+    def accept_upgrade(self) -> list[Event]:
+        """Answer the pending upgrade with 101; return the events of bytes sent after the head."""
+        ws = self._handshake
+        if self.phase is not Phase.UPGRADE_PENDING or ws is None:
+            return []
         extensions: list[Extension] = []
-        if self.limits.compression and request.extensions:
+        if self.limits.compression:
             extensions.append(NegotiatedDeflate(
                 client_max_window_bits=self.limits.deflate_window_bits,
                 server_max_window_bits=self.limits.deflate_window_bits))
@@ -247,23 +273,31 @@ class ServerProtocol:
         # whole handshake (an h11.Connection, the request's headers, two deques) alive for the
         # life of the connection, several KiB per idle client.
         self._ws = ws.connection
-        self._h11 = None
-        self._head = bytearray()
+        self._handshake = None
+        self.extensions = tuple(type(ext).__name__ for ext in extensions if ext.enabled())
         self._move(Phase.OPEN, "upgrade accepted")
-        if not trailing:
-            return [Upgraded(target)]
-        ws.receive_data(trailing)
-        return [Upgraded(target), *self._drain_ws_events()]
+        pending, self._pending_input = self._pending_input, b""
+        if not pending:
+            return []
+        assert self._ws is not None
+        self._ws.receive_data(pending)
+        return self._drain_ws_events()
+
+    def respond(self, response: Response, head_only: bool = False) -> None:
+        """Answer a plain request, or refuse a pending upgrade; the connection closes after."""
+        if self.phase not in (Phase.AWAITING_RESPONSE, Phase.UPGRADE_PENDING,
+                              Phase.REQUEST_HEAD):
+            return
+        self._out.append(response.serialize(head_only))
+        self._h11 = None
+        self._handshake = None
+        self._head = bytearray()
+        self._pending_input = b""
+        self._move(Phase.CLOSED, f"responded {response.status}")
 
     def _refuse(self, status: int, reason: str) -> HandshakeFailed:
-        self.respond_http(status, f"{_REASONS.get(status, 'Error')}\n".encode())
+        self.respond(Response.text(status))
         return HandshakeFailed(status, reason)
-
-    def _receive_ws(self, data: bytes) -> list[Event]:
-        ws = self._ws
-        assert ws is not None
-        ws.receive_data(data or None)
-        return self._drain_ws_events()
 
     def _drain_ws_events(self) -> list[Event]:
         ws = self._ws
@@ -371,15 +405,16 @@ class ServerProtocol:
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the close handshake (or, before the upgrade, just close)."""
-        if self.phase is Phase.OPEN:
+        phase = self.phase
+        if phase is Phase.OPEN:
             assert self._ws is not None
             if self._ws.state is WsState.OPEN:
                 self._out.append(self._ws.send(CloseConnection(code, reason)))
             self._close_code = code
             self._move(Phase.CLOSING, f"local close {code}")
-        elif self.phase is Phase.FAILING:
+        elif phase is Phase.FAILING:
             self.fail_now()  # the protocol error's code is the one the peer must see
-        elif self.phase is Phase.REQUEST_HEAD:
+        elif phase is not Phase.CLOSING and phase is not Phase.CLOSED:
             self._move(Phase.CLOSED, f"local close {code} before upgrade")
 
     def abort(self) -> None:
@@ -387,25 +422,6 @@ class ServerProtocol:
         if self.phase is not Phase.CLOSED:
             self._move(Phase.CLOSED, "abort")
 
-    def respond_http(self, status: int, body: bytes,
-                     content_type: bytes = b"text/plain; charset=utf-8",
-                     extra_headers: tuple[tuple[bytes, bytes], ...] = (),
-                     head_only: bool = False) -> None:
-        """Answer a plain HTTP request (or refuse an upgrade) and close afterwards."""
-        if self.phase is Phase.CLOSED:
-            return
-        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-                f"Content-Length: {len(body)}\r\n").encode("latin-1")
-        headers = b"".join(b"%s: %s\r\n" % pair for pair in
-                           ((b"Content-Type", content_type), (b"Connection", b"close"),
-                            (b"Cache-Control", b"no-store"), *extra_headers))
-        self._out.append(head + headers + b"\r\n" + (b"" if head_only else body))
-        self._h11 = None
-        self._head = bytearray()
-        if self.phase is not Phase.HTTP_RESPONSE:
-            self._move(Phase.HTTP_RESPONSE, f"respond {status}")
-        self._move(Phase.CLOSED, f"responded {status}")
 
-
-__all__ = ["Closed", "Event", "HandshakeFailed", "HttpRequest", "MessageReceived", "Phase",
-           "PongReceived", "ProtocolLimits", "ServerProtocol", "Upgraded"]
+__all__ = ["Closed", "Event", "HandshakeFailed", "MessageReceived", "Phase", "PongReceived",
+           "ProtocolLimits", "RequestReceived", "ServerProtocol"]

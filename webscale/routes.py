@@ -1,46 +1,44 @@
 """Plain HTTP on the WebSocket port: /healthz, /stats and /metrics; anything else gets 426.
 
-A request that is not a WebSocket upgrade is answered here and the connection closed (no
-keep-alive: these are health checks and scrapes, not traffic). HEAD gets the headers only.
+`route` is a pure function from a request (and a read-only view of the server) to a response
+value, like websockets' `process_request`; the connection sends it and closes (no keep-alive:
+these are health checks and scrapes, not traffic). HEAD gets the headers only (the connection
+knows the method).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import orjson
 
-from .metrics import render_prometheus
+from .http import Request, Response
 
-if TYPE_CHECKING:
-    from .connection import Connection
-    from .protocol import HttpRequest
-    from .server import Server
-
-_PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 _ROUTES = frozenset({"/healthz", "/stats", "/metrics"})
 
 
-def respond(server: Server, conn: Connection, request: HttpRequest) -> None:
-    path = request.target.split("?", 1)[0]
-    head_only = request.method == "HEAD"
-    proto = conn.proto
-    if path in _ROUTES and request.method not in ("GET", "HEAD"):
-        proto.respond_http(405, b"method not allowed\n", extra_headers=((b"Allow", b"GET"),))
-        return
-    status, body, content_type = 200, b"", b"text/plain; charset=utf-8"
+class StatusView(Protocol):
+    """What the routes read (server.Server implements it)."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def metrics_text(self) -> str: ...
+
+
+def route(request: Request, view: StatusView) -> Response:
+    path = request.path
+    if path not in _ROUTES:
+        return Response.text(426, "this endpoint speaks WebSocket",
+                             headers=(("Upgrade", "websocket"),))
+    if request.method not in ("GET", "HEAD"):
+        return Response.text(405, "method not allowed", headers=(("Allow", "GET"),))
     if path == "/healthz":
         # 503 while draining, so a load balancer stops sending clients here (--drain-grace).
-        status, body = (503, b"draining\n") if server.draining else (200, b"ok\n")
-    elif path == "/stats":
-        body, content_type = orjson.dumps(server.snapshot()), b"application/json"
-    elif path == "/metrics":
-        snapshot = server.snapshot()
-        text = (server.peer_stats.render_metrics(snapshot) if server.peer_stats is not None
-                else render_prometheus(snapshot))
-        body, content_type = text.encode(), _PROMETHEUS
-    else:
-        proto.respond_http(426, b"this endpoint speaks WebSocket\n",
-                           extra_headers=((b"Upgrade", b"websocket"),))
-        return
-    proto.respond_http(status, body, content_type=content_type, head_only=head_only)
+        return Response.text(503, "draining") if view.draining else Response.text(200, "ok")
+    if path == "/stats":
+        return Response(200, orjson.dumps(view.snapshot()), "application/json")
+    return Response(200, view.metrics_text().encode(), _PROMETHEUS)

@@ -1,23 +1,25 @@
-"""The server: listening sockets, accepting, routing plain HTTP, and an orderly shutdown.
+"""The server: listening sockets, accepting, owning connections, and an orderly shutdown.
 
 How this works: `Server.start()` binds (or adopts socket-activated) listeners and registers them
 with the loop; each readable listener is accepted until EAGAIN, each client wrapped for TLS and
-handed to a `Connection`. `serve_forever()` runs the loop on the calling thread; signal handlers
-only record the signal (and `set_wakeup_fd` interrupts the wait), and the loop acts on it:
-SIGTERM/SIGINT begin a drain (stop accepting, close every WebSocket with 1001, let the pool
-finish what was received) bounded by --shutdown-timeout; a second SIGINT exits at once; SIGHUP
-reloads the certificate for new connections.
+handed to a `Connection`, whose owner the server is (`connection.Owner`): it answers plain
+requests with `routes.route`, decides upgrades (503 past --max-connections or while draining),
+gives each WebSocket a mailbox in the dispatcher and a handle for its handler, and forgets
+connections when they close. `serve_forever()` runs the loop through the process scaffold:
+SIGTERM/SIGINT begin a drain (stop accepting, close every WebSocket with 1001, let the pool finish
+what was received) bounded by --shutdown-timeout; a second SIGINT exits at once; SIGHUP reloads
+the certificate for new connections.
 
 The service manager hears about all of this through a `Notifier` (systemd.SystemdNotifier, a no-op
-without $NOTIFY_SOCKET): READY=1 once listening, STATUS= with connection counts from a loop timer,
-WATCHDOG=1 from another loop timer (so a hung loop stops feeding it), STOPPING=1 when a drain
-begins, RELOADING=1 then READY=1 around a SIGHUP. A worker under `webscale.supervisor` speaks the
-same protocol to its supervisor instead of systemd.
+without $NOTIFY_SOCKET): READY=1 once listening, STATUS= with connection counts, WATCHDOG=1 from a
+loop timer, STOPPING=1 when a drain begins, RELOADING=1 then READY=1 around a SIGHUP. A worker
+under `webscale.supervisor` speaks the same protocol to its supervisor instead of systemd.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib
 import itertools
 import logging
 import os
@@ -27,16 +29,20 @@ import ssl
 import sys
 import threading
 import time
-from types import FrameType
 from typing import Any, Protocol
 
-
-from . import limits, routes, tls
+from . import fastmask, limits, routes, tls
 from .config import Config
-from .connection import Connection, ConnState
-from .dispatch import Dispatcher, Handler, load_handler
+from .connection import Connection, ConnectionSettings
+from .dispatch import Decoder, Dispatcher, Handler
+from .errors import ConfigError
+from .handle import ConnectionHandle
+from .http import Request, Response
 from .loop import EVENT_READ, EventLoop
-from .protocol import HttpRequest, ProtocolLimits
+from .messages import decode_telemetry
+from .metrics import render_prometheus
+from .process import Notifier, ProcessScaffold, bind, urls
+from .protocol import ProtocolLimits, ServerProtocol
 from .stats import Stats
 from .systemd import SystemdNotifier, listen_fds
 
@@ -50,24 +56,6 @@ _REFUSAL_HEADROOM = 256
 _ACCEPT_PAUSE = 0.5
 # Accepts per readiness event: enough to drain a burst, bounded so reads keep flowing.
 _ACCEPTS_PER_EVENT = 256
-# STATUS= every few seconds: `systemctl status` stays current without flooding PID 1.
-_STATUS_INTERVAL = 5.0
-
-
-class Notifier(Protocol):
-    """What the server tells its service manager (systemd.SystemdNotifier's calls)."""
-
-    def ready(self, status: str | None = None) -> bool: ...
-
-    def status(self, text: str) -> bool: ...
-
-    def stopping(self, status: str | None = None) -> bool: ...
-
-    def reloading(self) -> bool: ...
-
-    def watchdog(self) -> bool: ...
-
-    def watchdog_interval(self) -> float | None: ...
 
 
 class PeerStats(Protocol):
@@ -92,11 +80,11 @@ class _Listener:
 
 class Server:
     def __init__(self, config: Config, *, handler: Handler | None = None,
+                 decode: Decoder | None = None,
                  listen_sockets: list[socket.socket] | None = None,
                  notifier: Notifier | None = None, worker_id: int | None = None,
                  peer_stats: PeerStats | None = None) -> None:
         self.config = config
-        self.notifier: Notifier = notifier if notifier is not None else SystemdNotifier()
         # Set under a supervisor: shown in /stats and as a metrics label; the parent's pid is
         # watched so a worker orphaned by a killed supervisor drains instead of living on.
         self.worker_id = worker_id
@@ -104,6 +92,9 @@ class Server:
         self.peer_stats = peer_stats
         self.loop = EventLoop()
         self.stats = Stats(started_at=time.time())
+        notifier = notifier if notifier is not None else SystemdNotifier()
+        self.scaffold = ProcessScaffold(self.loop, notifier, self.status_text, self._on_signal)
+        self.notifier = notifier
         self.protocol_limits = ProtocolLimits(
             max_message_size=config.max_message_size,
             max_header_bytes=config.max_header_bytes,
@@ -111,21 +102,27 @@ class Server:
             compression=config.compression == "deflate",
             deflate_window_bits=config.deflate_window_bits,
         )
+        self.settings = ConnectionSettings(
+            handshake_timeout=config.handshake_timeout, ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout, idle_timeout=config.idle_timeout,
+            close_timeout=config.close_timeout,
+            outbound_limit_bytes=config.outbound_limit_bytes,
+            read_chunk_bytes=config.read_chunk_bytes)
         self.ssl_context = self._make_ssl_context() if config.tls else None
-        if handler is None:
-            handler = load_handler(config.handler)
-        self.dispatcher = Dispatcher(self.loop, config, self.stats, handler)
+        self.dispatcher = Dispatcher(
+            self.loop, self.stats, handler, decode, threads=config.threads,
+            close_on_invalid=config.invalid_json == "close",
+            max_in_flight_per_connection=config.max_in_flight_per_connection,
+            max_in_flight_total=config.max_in_flight_total, batch_linger=config.batch_linger)
         self.max_connections = config.max_connections or _default_max_connections()
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
         self._listeners: list[_Listener] = []
         self._given_sockets = listen_sockets
         self._accept_paused = False
-        self._pending_signals: list[int] = []
         self._sigint_count = 0
-        self.draining = False
+        self._draining = False
         self._drain_deadline = 0.0
-        self._stopped = threading.Event()
         self.exit_code = 0
         self.loop.on_iteration = self.stats.loop_lag_seconds.observe
 
@@ -140,62 +137,43 @@ class Server:
         return tls.make_server_context(cert, key)
 
     def start(self) -> None:
-        socks = self._given_sockets or [self._bind()]
+        if fastmask.install():
+            logger.debug("wsproto unmasks client frames with websockets' C apply_mask")
+        socks = self._given_sockets or [bind(self.config.host, self.config.port,
+                                             self.config.backlog,
+                                             reuseport=self.config.workers > 1)]
         for sock in socks:
             sock.setblocking(False)
             listener = _Listener(self, sock)
             self.loop.register(sock, EVENT_READ, listener)
             self._listeners.append(listener)
-        logger.info("listening on %s (max %d connections, %d threads)", self.urls()[0],
-                    self.max_connections, self.config.threads)
+        logger.info("serving %s: max %d connections, %d pool threads, %s poller",
+                    ", ".join(self.urls()), self.max_connections, self.config.threads,
+                    self.loop.poller_name)
         self.notifier.ready(self.status_text())
-        self.loop.call_later(_STATUS_INTERVAL, self._report_status)
-        interval = self.notifier.watchdog_interval()
-        if interval is not None:
-            self.loop.call_later(interval, self._feed_watchdog, interval)
+        self.scaffold.start_reporting()
+        self.scaffold.healthy = self._still_supervised
         if self.peer_stats is not None:
             self._publish_stats()
 
-    def _bind(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.config.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((self.config.host, self.config.port))
-        sock.listen(self.config.backlog)
-        return sock
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._listeners[0].sock.getsockname()[:2]
-        return host, port
-
     def urls(self) -> list[str]:
-        out = []
-        for listener in self._listeners:
-            host, port = listener.sock.getsockname()[:2]
-            host = f"[{host}]" if ":" in host else host
-            out.append(f"{self.config.scheme}://{host}:{port}")
-        return out
+        return urls([listener.sock for listener in self._listeners], self.config.scheme)
 
     # -- service manager --------------------------------------------------------------------
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
     def status_text(self) -> str:
-        websockets = sum(1 for c in self.connections.values() if c.state is ConnState.OPEN)
-        state = "draining; " if self.draining else ""
+        websockets = sum(1 for c in self.connections.values() if c.is_websocket)
+        state = "draining; " if self._draining else ""
         return (f"{state}{len(self.connections)} connections open ({websockets} WebSockets), "
                 f"{self.stats.connections_total} accepted")
 
-    def _report_status(self) -> None:
-        self.notifier.status(self.status_text())
-        self.loop.call_later(_STATUS_INTERVAL, self._report_status)
-
-    def _feed_watchdog(self, interval: float) -> None:
-        # A timer, not a thread: if the loop hangs, the pings stop and the manager restarts us.
-        self.notifier.watchdog()
+    def _still_supervised(self) -> bool:
         if self._parent_pid is not None and os.getppid() != self._parent_pid:
             self.begin_shutdown("supervisor exited")
-        self.loop.call_later(interval, self._feed_watchdog, interval)
+        return True
 
     def _publish_stats(self) -> None:
         assert self.peer_stats is not None
@@ -219,14 +197,10 @@ class Server:
             self._adopt(sock, address)
 
     def _adopt(self, sock: socket.socket, address: Any) -> None:
-        open_now = len(self.connections)
-        if open_now >= self.max_connections + _REFUSAL_HEADROOM:
+        if len(self.connections) >= self.max_connections + _REFUSAL_HEADROOM:
             self.stats.connections_rejected += 1
             sock.close()
             return
-        # Over the limit, only an upgrade is refused (and counted, when the 503 goes out):
-        # /healthz and /stats stay answerable on a full server.
-        refuse = 503 if (open_now >= self.max_connections or self.draining) else 0
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             wrapped = tls.wrap(self.ssl_context, sock)
@@ -235,8 +209,10 @@ class Server:
             logger.debug("TLS wrap failed for %s: %r", address, exc)
             sock.close()
             return
-        conn = Connection(self, wrapped, address, next(self._ids), refuse)
-        self.connections[conn.conn_id] = conn
+        conn_id = next(self._ids)
+        conn = Connection(self.loop, wrapped, ServerProtocol(self.protocol_limits, conn_id),
+                          self.settings, self, self.stats, address)
+        self.connections[conn_id] = conn
         self.stats.connections_open = len(self.connections)
         self.stats.connections_total += 1
         conn.start()
@@ -254,69 +230,78 @@ class Server:
 
     def _resume_accepting(self) -> None:
         self._accept_paused = False
-        if self.draining:
+        if self._draining:
             return
         for listener in self._listeners:
             self.loop.register(listener.sock, EVENT_READ, listener)
 
-    # -- connection callbacks ---------------------------------------------------------------
-    def connection_closed(self, conn: Connection) -> None:
+    # -- connection.Owner -------------------------------------------------------------------
+    def route(self, request: Request) -> Response:
+        return routes.route(request, self)
+
+    def upgrade_requested(self, conn: Connection, request: Request) -> None:
+        websockets = len(self.connections)
+        if websockets > self.max_connections or self._draining:
+            # Over the limit only upgrades are refused: /healthz and /stats stay answerable.
+            self.stats.connections_rejected += 1
+            conn.respond(Response.text(503))
+            return
+        handle = ConnectionHandle(self.loop, conn, conn.conn_id, conn.address, conn.peer_cert)
+        self.dispatcher.open(conn, handle)
+        conn.accept_upgrade()
+
+    def on_message(self, conn: Connection, data: str | bytes) -> None:
+        self.dispatcher.deliver(conn, data)
+
+    def on_closed(self, conn: Connection) -> None:
         self.connections.pop(conn.conn_id, None)
         self.stats.connections_open = len(self.connections)
-        self.dispatcher.forget(conn)
+        self.dispatcher.close(conn)
 
-    def respond_http(self, conn: Connection, request: HttpRequest) -> None:
-        routes.respond(self, conn, request)
-
+    # -- routes.StatusView ------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
-        snap["websockets_open"] = sum(1 for c in self.connections.values()
-                                      if c.state is ConnState.OPEN)
+        snap["websockets_open"] = sum(1 for c in self.connections.values() if c.is_websocket)
         snap["uptime_seconds"] = time.time() - self.stats.started_at
         snap["max_connections"] = self.max_connections
         snap["pid"] = os.getpid()
         snap["worker"] = self.worker_id
         return snap
 
+    def metrics_text(self) -> str:
+        snapshot = self.snapshot()
+        if self.peer_stats is not None:
+            return self.peer_stats.render_metrics(snapshot)
+        return render_prometheus(snapshot)
+
     # -- running and stopping ---------------------------------------------------------------
     def install_signal_handlers(self) -> None:
-        """Main thread only: signals set a flag; the wake-up fd interrupts select()."""
-        signal.set_wakeup_fd(self.loop.wakeup_fd, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._pending_signals.append(signum)
+        """Main thread only: signals set a flag; the wake-up fd interrupts the wait."""
+        self.scaffold.install_signal_handlers((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 
     def serve_forever(self) -> int:
         """Run until drained or stopped; returns the process exit code."""
-        loop = self.loop
         try:
-            while not self._stopped.is_set():
-                loop.run_once(max_wait=1.0)
-                if self._pending_signals:
-                    self._handle_signals()
+            self.scaffold.run()
         finally:
             self._close_everything()
         return self.exit_code
 
-    def _handle_signals(self) -> None:
-        pending, self._pending_signals = self._pending_signals, []
-        for signum in pending:
-            if signum == signal.SIGHUP:
-                self.notifier.reloading()
-                self.reload_certificate()
-                self.notifier.ready(self.status_text())
-            elif signum == signal.SIGINT:
-                self._sigint_count += 1
-                if self._sigint_count >= 2:
-                    logger.warning("second SIGINT: exiting now")
-                    self.exit_code = 130
-                    self._stopped.set()
-                    return
-                self.begin_shutdown("SIGINT")
-            else:
-                self.begin_shutdown(signal.Signals(signum).name)
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.notifier.reloading()
+            self.reload_certificate()
+            self.notifier.ready(self.status_text())
+        elif signum == signal.SIGINT:
+            self._sigint_count += 1
+            if self._sigint_count >= 2:
+                logger.warning("second SIGINT: exiting now")
+                self.exit_code = 130
+                self.scaffold.stop()
+                return
+            self.begin_shutdown("SIGINT")
+        else:
+            self.begin_shutdown(signal.Signals(signum).name)
 
     def reload_certificate(self) -> None:
         if not self.config.tls:
@@ -328,14 +313,10 @@ class Server:
             return
         logger.info("certificate reloaded; new connections use it")
 
-    def request_shutdown(self) -> None:
-        """Thread-safe: begin a graceful shutdown."""
-        self.loop.call_soon_threadsafe(self.begin_shutdown, "request")
-
     def begin_shutdown(self, why: str) -> None:
-        if self.draining:
+        if self._draining:
             return
-        self.draining = True  # from here /healthz and new upgrades get 503
+        self._draining = True  # from here /healthz and new upgrades get 503
         grace = self.config.drain_grace
         self._drain_deadline = self.loop.time() + grace + self.config.shutdown_timeout
         self.notifier.stopping(f"draining {len(self.connections)} connections")
@@ -362,25 +343,23 @@ class Server:
     def _check_drained(self) -> None:
         if not self.connections and self.dispatcher.idle:
             logger.info("drained: all connections closed and all messages handled")
-            self._stopped.set()
+            self.scaffold.stop()
             return
         if self.loop.time() >= self._drain_deadline:
             logger.error("shutdown deadline passed with %d connections open and %d messages "
                          "unhandled", len(self.connections), self.dispatcher.in_flight_total)
             self.exit_code = 1 if self.dispatcher.in_flight_total else 0
-            self._stopped.set()
+            self.scaffold.stop()
             return
         self.loop.call_later(0.02, self._check_drained)
 
     def stop(self) -> None:
         """Thread-safe: stop at once (tests, embedding)."""
-        self._stopped.set()
-        self.loop.wake()
+        self.scaffold.stop()
 
     def _close_everything(self) -> None:
         for conn in list(self.connections.values()):
-            conn.proto.abort()
-            conn._close_transport()
+            conn.abort()
         for listener in self._listeners:
             if listener.sock.fileno() != -1:
                 try:
@@ -391,6 +370,19 @@ class Server:
         graceful = self.exit_code == 0 and self.dispatcher.idle
         self.dispatcher.shutdown(wait=graceful)
         self.loop.close()
+
+
+def _load_handler(spec: str) -> Handler:
+    """Import "package.module:function"; ConfigError naming what is missing."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--handler {spec}: cannot import {module_name}: {exc}") from exc
+    handler = getattr(module, attr, None)
+    if not callable(handler):
+        raise ConfigError(f"--handler {spec}: {module_name} has no callable {attr!r}")
+    return handler  # type: ignore[no-any-return]
 
 
 def _default_max_connections() -> int:
@@ -406,7 +398,7 @@ def _default_max_connections() -> int:
     return max(1, soft - limits.DEFAULT_RESERVE)
 
 
-def run(config: Config, *, handler: Handler | None = None,
+def run(config: Config, *, handler: Handler | None = None, decode: Decoder | None = None,
         listen_sockets: list[socket.socket] | None = None, worker_id: int | None = None,
         announce: bool = True, peer_stats: PeerStats | None = None) -> int:
     """Start a server on this (main) thread and serve until shutdown; the exit code.
@@ -416,13 +408,18 @@ def run(config: Config, *, handler: Handler | None = None,
     supervisor prints it for its workers).
     """
     soft, _ = limits.raise_nofile_limit()
+    if handler is None and config.handler is not None:
+        handler = _load_handler(config.handler)
+    if decode is None and config.decode == "telemetry":
+        decode = decode_telemetry
     if listen_sockets is None:
         listen_sockets = listen_fds()
         if listen_sockets:
             logger.info("socket activation: serving on %d passed socket(s), not binding %s:%d",
                         len(listen_sockets), config.host, config.port)
-    server = Server(config, handler=handler, listen_sockets=listen_sockets or None,
-                    worker_id=worker_id, peer_stats=peer_stats)
+    server = Server(config, handler=handler, decode=decode,
+                    listen_sockets=listen_sockets or None, worker_id=worker_id,
+                    peer_stats=peer_stats)
     warning = limits.check_connection_budget(server.max_connections, soft)
     if warning:
         logger.warning("%s", warning)

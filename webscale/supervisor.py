@@ -7,7 +7,8 @@ listener on that port, so the kernel spreads connections over the workers' loops
 when systemd passed sockets ($LISTEN_FDS, which the supervisor takes), the workers inherit the
 listening socket(s) and each accepts from them. Each worker is `python -m webscale <same
 arguments> --port PORT` started in its own session (a terminal's Ctrl-C reaches only the
-supervisor, which forwards it once), told its id and inherited fds through WEBSCALE_WORKER_*.
+supervisor, which forwards it once), told its id, inherited fds and run-time directory by hidden
+`--worker-*` arguments (see worker.py).
 
 Workers speak sd_notify to the supervisor exactly as a single process speaks it to systemd: each
 gets its own datagram socket as $NOTIFY_SOCKET and a $WATCHDOG_USEC, so its loop sends READY=1,
@@ -30,7 +31,8 @@ dying young. SIGTERM/SIGINT are forwarded and the supervisor exits once every wo
 that fails before it ever listened on the first start (a bad --handler, say) stops everything.
 
 /stats and /metrics with several workers: see worker.py. Nothing here uses asyncio: a
-`webscale.loop.EventLoop` drives the supervisor as it drives a server.
+`webscale.loop.EventLoop` drives the supervisor through the same `process.ProcessScaffold` (signals,
+status, watchdog, run loop) as a server.
 """
 
 from __future__ import annotations
@@ -45,13 +47,13 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from . import limits
 from .config import Config
 from .loop import EVENT_READ, EventLoop, Timer
+from .process import ProcessScaffold, bind, urls
 from .systemd import SystemdNotifier, listen_fds
-from .worker import WORKER_FDS_ENV, WORKER_ID_ENV, WORKER_STATS_DIR_ENV
+from .worker import worker_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +69,6 @@ _BACKOFF_MAX = 30.0
 _STABLE_SECONDS = 30.0
 # Workers get --shutdown-timeout to drain; this much more to exit before they are killed.
 _DRAIN_MARGIN = 5.0
-_STATUS_INTERVAL = 5.0
 # Exit statuses that mean "stopped as asked": drained (0), or signalled before its handler was in.
 _CLEAN_EXITS = (0, -signal.SIGTERM, -signal.SIGINT)
 
@@ -108,14 +109,15 @@ class Supervisor:
         self.argv = argv
         self.loop = EventLoop()
         self.notifier = SystemdNotifier()
+        self.scaffold = ProcessScaffold(self.loop, self.notifier, self.status_text,
+                                        self._on_signal)
+        self.scaffold.healthy = self._workers_accounted_for
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="webscale-"))
         self.slots: list[_WorkerSlot] = []
         self.reserved: socket.socket | None = None  # Linux: bound, not listening
         self.shared: list[socket.socket] = []  # otherwise: listening, inherited by workers
         self.announced = False
         self.draining = False
-        self.finished = False
-        self._pending_signals: list[int] = []
         self._sigint_count = 0
         self._awaiting_reload: set[int] = set()
         self.exit_code = 0
@@ -128,26 +130,16 @@ class Supervisor:
                         len(activated), self.config.workers)
             self.shared = activated
             return
-        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         reuseport = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
-        if reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((self.config.host, self.config.port))
+        sock = bind(self.config.host, self.config.port, self.config.backlog,
+                    reuseport=reuseport, listen=not reuseport)
         if reuseport:
             self.reserved = sock
         else:
-            sock.listen(self.config.backlog)
             self.shared = [sock]
 
     def urls(self) -> list[str]:
-        out = []
-        for sock in ([self.reserved] if self.reserved else self.shared):
-            host, port = sock.getsockname()[:2]
-            host = f"[{host}]" if ":" in host else host
-            out.append(f"{self.config.scheme}://{host}:{port}")
-        return out
+        return urls([self.reserved] if self.reserved else self.shared, self.config.scheme)
 
     def _make_slot(self, index: int) -> _WorkerSlot:
         path = str(self.runtime_dir / f"notify-{index}.sock")
@@ -157,14 +149,6 @@ class Supervisor:
         slot = _WorkerSlot(index, sock, path)
         self.loop.register(sock, EVENT_READ, _NotifyReader(self, slot))
         return slot
-
-    def install_signal_handlers(self) -> None:
-        signal.set_wakeup_fd(self.loop.wakeup_fd, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._pending_signals.append(signum)
 
     # -- running ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -177,20 +161,14 @@ class Supervisor:
             ensure_certs(self.config.certs_dir)
         try:
             self._bind()
-            self.install_signal_handlers()
+            self.scaffold.install_signal_handlers((signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                                   signal.SIGCHLD))
             self.slots = [self._make_slot(i) for i in range(self.config.workers)]
             for slot in self.slots:
                 self._spawn(slot)
             self.loop.call_later(_HEARTBEAT_SECONDS, self._check_workers)
-            self.loop.call_later(_STATUS_INTERVAL, self._report_status)
-            interval = self.notifier.watchdog_interval()
-            if interval is not None:
-                self.loop.call_later(interval, self._feed_watchdog, interval)
-            while not self.finished:
-                self.loop.run_once(max_wait=1.0)
-                if self._pending_signals:
-                    self._handle_signals()
-                self._reap()
+            self.scaffold.start_reporting()
+            self.scaffold.run(after_iteration=self._reap)
         finally:
             self._cleanup()
         return self.exit_code
@@ -206,12 +184,10 @@ class Supervisor:
         env.update({
             "NOTIFY_SOCKET": slot.notify_path,
             "WATCHDOG_USEC": str(int(2 * _HEARTBEAT_SECONDS * 1_000_000)),
-            WORKER_ID_ENV: str(slot.index),
-            WORKER_FDS_ENV: ",".join(map(str, fds)),
-            WORKER_STATS_DIR_ENV: str(self.runtime_dir),
         })
         port = (self.reserved or self.shared[0]).getsockname()[1]
-        argv = [sys.executable, "-m", "webscale", *self.argv, "--port", str(port)]
+        argv = [sys.executable, "-m", "webscale", *self.argv, "--port", str(port),
+                *worker_arguments(slot.index, fds, self.runtime_dir)]
         # Own session: a terminal's Ctrl-C goes to the supervisor only, which forwards it once.
         slot.proc = subprocess.Popen(argv, env=env, pass_fds=fds, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
@@ -228,7 +204,7 @@ class Supervisor:
             if code is not None:
                 self._worker_exited(slot, code)
         if self.draining and all(slot.proc is None for slot in self.slots):
-            self.finished = True
+            self.scaffold.stop()
 
     def _worker_exited(self, slot: _WorkerSlot, code: int) -> None:
         assert slot.proc is not None
@@ -324,15 +300,11 @@ class Supervisor:
             if slot.proc is None:
                 continue  # exited: a restart is scheduled (or we are draining)
             if slot.ready and now - slot.last_heartbeat > self.config.worker_hang_timeout + 2:
-                return False  # hung and not yet killed: something is wrong with us too
+                # Hung and not yet killed: something is wrong with us too.
+                logger.warning("not feeding the systemd watchdog: a hung worker was not "
+                               "replaced")
+                return False
         return True
-
-    def _feed_watchdog(self, interval: float) -> None:
-        if self._workers_accounted_for():
-            self.notifier.watchdog()
-        else:
-            logger.warning("not feeding the systemd watchdog: a hung worker was not replaced")
-        self.loop.call_later(interval, self._feed_watchdog, interval)
 
     def status_text(self) -> str:
         up = sum(1 for slot in self.slots if slot.ready)
@@ -340,24 +312,18 @@ class Supervisor:
         state = "draining; " if self.draining else ""
         return f"{state}{up}/{len(self.slots)} workers up; " + "; ".join(parts)
 
-    def _report_status(self) -> None:
-        self.notifier.status(self.status_text())
-        self.loop.call_later(_STATUS_INTERVAL, self._report_status)
-
     # -- signals ----------------------------------------------------------------------------
-    def _handle_signals(self) -> None:
-        pending, self._pending_signals = self._pending_signals, []
-        for signum in pending:
-            if signum == signal.SIGCHLD:
-                continue  # _reap runs after every wake-up
-            if signum == signal.SIGHUP:
-                self._reload()
-            else:
-                if signum == signal.SIGINT:
-                    self._sigint_count += 1
-                    if self._sigint_count >= 2:
-                        self.exit_code = 130
-                self.begin_shutdown(signal.Signals(signum).name, signum)
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGCHLD:
+            return  # _reap runs after every iteration
+        if signum == signal.SIGHUP:
+            self._reload()
+            return
+        if signum == signal.SIGINT:
+            self._sigint_count += 1
+            if self._sigint_count >= 2:
+                self.exit_code = 130
+        self.begin_shutdown(signal.Signals(signum).name, signum)
 
     def _reload(self) -> None:
         if self.draining:

@@ -18,6 +18,8 @@ import socket
 import ssl
 from pathlib import Path
 
+from .http import PeerCertificate
+
 
 class Want(enum.Enum):
     READ = "read"
@@ -85,6 +87,14 @@ def pending_plaintext(sock: socket.socket) -> int:
     if isinstance(sock, ssl.SSLSocket):
         return sock.pending()
     return 0
+
+
+def peer_certificate(sock: socket.socket) -> PeerCertificate | None:
+    """The verified client certificate's identity, or None (no certificate, or not asked for)."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    cert = sock.getpeercert()
+    return PeerCertificate.from_ssl_dict(cert) if cert else None
 
 
 def is_tls(sock: socket.socket) -> bool:

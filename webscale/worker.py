@@ -1,8 +1,9 @@
-"""The worker side of `--workers N`: a worker's role from its environment, and its peers' stats.
+"""The worker side of `--workers N`: a worker's role, and its peers' stats.
 
 A worker is `webscale serve` started by the supervisor (supervisor.py) with its id, inherited
-listening fds and a run-time directory in WEBSCALE_WORKER_*; `worker_role_from_env` reads (and
-removes) them and `run_worker` serves with them. Everything else a worker does is a plain server.
+listening fds and a run-time directory in hidden arguments (`worker_arguments` writes them,
+`add_worker_arguments` lets the command line read them, `role_from_args` turns them into a
+`WorkerRole`), and `run_worker` serves with them. Everything else a worker does is a plain server.
 
 /stats and /metrics with several workers: a request is answered by whichever worker accepted the
 connection. /stats shows that worker's counters with its `worker` id and `pid`. /metrics labels
@@ -14,10 +15,11 @@ PromQL for service totals.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import socket
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +30,6 @@ from .config import Config
 
 logger = logging.getLogger(__name__)
 
-WORKER_ID_ENV = "WEBSCALE_WORKER_ID"
-WORKER_FDS_ENV = "WEBSCALE_WORKER_FDS"
-WORKER_STATS_DIR_ENV = "WEBSCALE_WORKER_STATS_DIR"
-
-
 @dataclass(frozen=True, slots=True)
 class WorkerRole:
     """Who this process is when a supervisor started it."""
@@ -42,16 +39,24 @@ class WorkerRole:
     stats_dir: Path | None
 
 
-def worker_role_from_env(environ: MutableMapping[str, str] | None = None) -> WorkerRole | None:
-    """The role a supervisor gave this process, or None; removes the variables it reads."""
-    env = os.environ if environ is None else environ
-    raw_id = env.pop(WORKER_ID_ENV, None)
-    raw_fds = env.pop(WORKER_FDS_ENV, "")
-    raw_dir = env.pop(WORKER_STATS_DIR_ENV, "")
-    if raw_id is None:
+def worker_arguments(worker_id: int, fds: list[int], runtime_dir: Path) -> list[str]:
+    """The hidden arguments a supervisor appends to a worker's `webscale serve` command."""
+    return ["--worker-id", str(worker_id), "--worker-fds", ",".join(map(str, fds)),
+            "--worker-runtime-dir", str(runtime_dir)]
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """Hidden from --help: only a supervisor passes them."""
+    parser.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-fds", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-runtime-dir", type=Path, help=argparse.SUPPRESS)
+
+
+def role_from_args(args: argparse.Namespace) -> WorkerRole | None:
+    if getattr(args, "worker_id", None) is None:
         return None
-    fds = tuple(int(fd) for fd in raw_fds.split(",") if fd)
-    return WorkerRole(int(raw_id), fds, Path(raw_dir) if raw_dir else None)
+    fds = tuple(int(fd) for fd in args.worker_fds.split(",") if fd)
+    return WorkerRole(args.worker_id, fds, args.worker_runtime_dir)
 
 
 def run_worker(config: Config, role: WorkerRole) -> int:

@@ -7,7 +7,7 @@ Run it with the raw payloads (no telemetry decoding), as the Autobahn TestSuite 
 
 from __future__ import annotations
 
-from webscale.dispatch import ConnectionHandle
+from webscale import ConnectionHandle
 
 
 def handle(handle: ConnectionHandle, message: str | bytes) -> None:
