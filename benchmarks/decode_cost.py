@@ -31,7 +31,7 @@ from wsproto.connection import Connection  # noqa: E402
 
 from bench_client.payload import MessageTemplate  # noqa: E402
 from webscale import fastmask  # noqa: E402
-from webscale.messages import Reading, decode_telemetry  # noqa: E402
+from webscale.examples.telemetry import Reading, decode_telemetry  # noqa: E402
 
 
 def per_call(fn: Callable[[Any], object], inputs: list[Any], number: int, repeat: int) -> float:
