@@ -7,6 +7,7 @@ annotations that build_decoder must resolve; `Later` is also named before it is 
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
@@ -141,6 +142,13 @@ def test_the_index_is_that_of_the_first_bad_element_even_among_equal_ones() -> N
         shape_decoder(orjson.dumps(shape_doc(tags=["a", 1, 1])))
 
 
+def test_a_decode_error_survives_pickling() -> None:
+    with pytest.raises(DecodeError) as caught:
+        shape_decoder(orjson.dumps(shape_doc(name=1)))
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert isinstance(again, DecodeError) and str(again) == str(caught.value)
+
+
 def test_a_missing_required_field_even_when_it_may_be_null() -> None:
     doc = shape_doc()
     del doc["later"]
@@ -190,6 +198,25 @@ def test_a_dataclass_that_contains_itself() -> None:
     deep = '{"name": "x", "parent": ' * 1020 + '{"name": "x"}' + "}" * 1020  # orjson: 1024
     with pytest.raises(DecodeError, match="nested too deeply"):
         decode(deep)
+
+
+@dataclass(slots=True)
+class Folder:
+    files: list[File]
+
+
+@dataclass(slots=True)
+class File:
+    name: str
+    inside: Folder | None = None
+
+
+def test_two_dataclasses_that_contain_each_other() -> None:
+    decode = build_decoder(Folder)
+    folder = decode('{"files": [{"name": "a", "inside": {"files": [{"name": "b"}]}}]}')
+    assert folder == Folder([File("a", Folder([File("b")]))])
+    with pytest.raises(DecodeError, match=r"^files\[0\]\.inside\.files\[1\]: missing "):
+        decode('{"files": [{"name": "a", "inside": {"files": [{"name": "b"}, {}]}}]}')
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +383,7 @@ def test_the_message_type_comes_from_the_handler_annotation() -> None:
     assert message_type_for(handler_bare, None) is None
     assert message_type_for(handler_any, None) is None
     assert message_type_for(print, None) is None
+    assert message_type_for(None, None) is None and message_type_for(None, Point) is Point
 
 
 def test_the_override_wins_and_must_be_a_dataclass() -> None:

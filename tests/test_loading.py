@@ -62,6 +62,7 @@ def test_the_current_directory_is_added_once_and_only_when_absent(app_dir: Path)
     ("{app}.handlers", "expected module:attribute"),
     ("{app}.handlers:", "expected module:attribute"),
     (":on_message", "expected module:attribute"),
+    (".handlers:on_message", "expected module:attribute"),
 ])
 def test_what_is_missing_is_a_config_error_naming_the_flag(app_dir: Path, spec: str,
                                                            complaint: str) -> None:

@@ -74,6 +74,9 @@ class _ShapeError(DecodeError):
         self.path = path
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[_ShapeError], tuple[str, str]]:
+        return _ShapeError, (self.path, self.reason)  # picklable, though it has two arguments
+
     def under(self, prefix: str) -> _ShapeError:
         """The same error seen from `prefix`, the path of the instance it was raised in."""
         if not self.path:
@@ -358,19 +361,21 @@ def build_decoder(cls: type[T]) -> Callable[[str | bytes], T]:
 
 # -- the handler's message type ---------------------------------------------------------------
 
-def message_type_for(handler: Callable[..., object], override: type | None) -> type | None:
+def message_type_for(handler: Callable[..., object] | None,
+                     override: type | None) -> type | None:
     """The dataclass messages decode into for `handler`, `Undecoded`, or None for neither.
 
     `override` (`--message-type module:Class`) wins; otherwise the annotation of the handler's
     second parameter (`def on_message(handle, msg: MyReading)`). `str`, `bytes` or `str | bytes`
     there mean the handler wants the raw message: `Undecoded`. None when there is no override
-    and no annotation (or `Any`/`object`): the caller decodes into the Telemetry example.
+    and no annotation (or `Any`/`object`, or no handler at all): the caller decodes into the
+    Telemetry example.
     """
     if override is not None:
         if not is_dataclass_type(override):
             raise ConfigError(f"--message-type: {type_name(override)} is not a dataclass")
         return override
-    hint = _message_annotation(handler)
+    hint = None if handler is None else _message_annotation(handler)
     if hint is None or hint is Any or hint is object:
         return None
     if _is_raw(hint):

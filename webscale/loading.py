@@ -26,7 +26,7 @@ def load_object(spec: str, flag: str) -> object:
     a syntax error) propagates unchanged, with its traceback.
     """
     module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
+    if not sep or not module_name or not attribute or module_name.startswith("."):
         raise ConfigError(f"{flag} {spec!r}: expected module:attribute, "
                           "for example myapp.handlers:on_message")
     _current_directory_on_path()
