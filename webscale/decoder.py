@@ -2,13 +2,13 @@
 
 How this works: `build_decoder(cls)` reads the dataclass's fields and their resolved type hints
 into a tree of shapes (webscale/shapes.py: `Scalar`, `ListOf`, `DictOf`, `Nullable`, `Struct`,
-`Anything`), rejecting at build time what it cannot decode (ConfigError naming the field). It
-then writes the Python source of one function specialised for that tree and `exec`s it once:
-`orjson.loads`, then straight-line code that fetches every field, checks its type with `type(x) is T` and builds the
-instances, with a flat loop and local names for each list (as the hand-written Telemetry decoder
-does). The generated code calls no helper per field or per element; the helpers that format an
-error run only once something is already wrong, and only then is the path (`readings[3].value`)
-computed, the list index found by identity in the list.
+`Anything`), rejecting at build time what it cannot decode (ConfigError naming the field). It then
+writes the Python source of one function specialised for that tree and `exec`s it once:
+`orjson.loads`, then straight-line code that fetches every field, checks its type with `type(x) is
+T` and builds the instances, with a flat loop and local names for each list (as the hand-written
+Telemetry decoder does). The generated code calls no helper per field or per element; the helpers
+that format an error run only once something is already wrong, and only then is the path
+(`readings[3].value`) computed, the list index found by identity in the list.
 
 Type rules (those of the hand-written decoder): `int` means `type(x) is int`, so a JSON `true` is
 not an integer; a float field accepts an integer and stores it as a float (free when the value is
