@@ -124,3 +124,36 @@ class MessageTemplate:
         out += mask
         out += apply_mask(doc, mask)
         return len(self.header) + 4 + self.size
+
+
+# -- the "notes" document (issue 10's second shape) ------------------------------------------
+
+NOTES_READINGS = 40
+_NOTE_WORDS = ("sensor", "calibrated", "rack", "north", "door", "opened", "fan", "replaced",
+               "reading", "drift", "checked", "ok", "battery", "low", "firmware", "updated")
+
+
+def notes_document(size: int, seed: int) -> bytes:
+    """A document of exactly `size` bytes: 40 readings and a free-text `note` padding it.
+
+    The other shape the servers must decode (issue 10): `client_id`, `seq`, `sent_at` and 40
+    readings of the usual shape (3.6 KB here; the outside harness's were about 4.4 KB), plus
+    top-level strings the Telemetry struct does not have and must ignore: `site`, `firmware`
+    and a `note` of words drawn from `seed` that pads the document to `size`.
+    """
+    import random  # local, so that this function is one self-contained block of the module
+
+    words = random.Random(seed)
+    doc: dict[str, Any] = {
+        "client_id": seed, "seq": seed, "sent_at": 1.7e9 + seed,
+        "site": f"site-{seed % 97:02d}", "firmware": f"2.{seed % 10}.{seed % 7}",
+        "note": "", "readings": [_sample_reading(seed + i) for i in range(NOTES_READINGS)],
+    }
+    room = size - len(orjson.dumps(doc))
+    if room < 0:
+        raise ValueError(f"a notes document needs at least {size - room} bytes, got {size}")
+    note = ""
+    while len(note) < room:
+        note += words.choice(_NOTE_WORDS) + " "
+    doc["note"] = note[:room]  # ASCII words need no escaping: the length is exact
+    return orjson.dumps(doc)

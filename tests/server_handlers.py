@@ -9,7 +9,7 @@ import time
 import orjson
 
 from webscale import ConnectionHandle
-from webscale.messages import Telemetry
+from webscale.examples.telemetry import Telemetry
 
 _log_lock = threading.Lock()
 

@@ -29,7 +29,7 @@ from bench_client.payload import (
     apply_mask,
     apply_mask_python,
 )
-from webscale.messages import decode_telemetry
+from webscale.examples.telemetry import decode_telemetry
 from bench_client.protocol import (
     OPCODE_CLOSE,
     OPCODE_PING,

@@ -31,10 +31,14 @@ def run_script(tmp_path: Path, script: str, *args: str, timeout: float = 120) ->
 
 def test_decode_cost_reports_every_floor(tmp_path: Path) -> None:
     rows = run_script(tmp_path, "decode_cost.py", "--number", "40", "--repeat", "1")
+    ratios = rows.pop("ratios")
     assert all(value > 0 for value in rows.values())
-    loads = rows["orjson.loads"]
-    decode = rows["decode_telemetry (orjson + dataclasses, type-checked)"]
-    assert decode > loads  # the decode includes the parse
+    for prefix in ("", "notes: "):
+        loads = rows[f"{prefix}orjson.loads"]
+        decode = rows[f"{prefix}decode_telemetry (orjson + dataclasses, type-checked)"]
+        generic = rows[f"{prefix}build_decoder(Telemetry) (generated, same checks)"]
+        assert decode > loads and generic > loads  # the decodes include the parse
+    assert set(ratios) == {"template", "notes"} and all(r > 0 for r in ratios.values())
     assert any(name.startswith("wsproto frame parse, C unmask") for name in rows)
 
 

@@ -1,4 +1,4 @@
-"""The payload decoder: the workload's document, and every way it can be wrong."""
+"""decode_telemetry, the hand-written decoder: the workload's document and every way it is wrong."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from payloads import telemetry_json
 from webscale.errors import DecodeError
-from webscale.messages import Reading, Telemetry, decode_telemetry
+from webscale.examples.telemetry import Reading, Telemetry, decode_telemetry
 
 
 def test_decodes_the_10kb_document() -> None:
