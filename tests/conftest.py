@@ -23,10 +23,12 @@ def server_factory(certs: Path, tmp_path: Path) -> Iterator[Callable[..., Server
     started: list[ServerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None,
-              wrapper: list[str] | None = None) -> ServerProcess:
-        """`wrapper` runs the server under another command (e.g. prlimit)."""
+              wrapper: list[str] | None = None,
+              command: list[str] | None = None) -> ServerProcess:
+        """`wrapper` runs the server under another command (e.g. prlimit); `command` replaces
+        `python -m webscale serve` (a twin, a script)."""
         server = start_server(list(args), certs=certs, tmp_path=tmp_path, env=env,
-                              wrapper=wrapper)
+                              wrapper=wrapper, **({"command": command} if command else {}))
         started.append(server)
         return server
 

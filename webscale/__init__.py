@@ -6,10 +6,11 @@ internal modules (their names may change).
 
 from __future__ import annotations
 
+from .api import serve
 from .config import Config
 from .errors import ConfigError, DecodeError, WebscaleError
 from .handle import ConnectionHandle
 from .http import Headers, PeerCertificate, Request, Response
 
 __all__ = ["Config", "ConfigError", "ConnectionHandle", "DecodeError", "Headers",
-           "PeerCertificate", "Request", "Response", "WebscaleError"]
+           "PeerCertificate", "Request", "Response", "WebscaleError", "serve"]

@@ -33,9 +33,12 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     add("--threads", type=int, default=d.threads,
         help="thread-pool size for decoding and handlers (default: %(default)s)")
     add("--handler", help="module:function called in the pool as handler(handle, message)")
-    add("--decode", choices=["telemetry", "none"], default=d.decode,
-        help="decode each message into the telemetry struct, or pass raw str/bytes "
-             "(default: %(default)s)")
+    add("--message-type", metavar="MODULE:CLASS",
+        help="dataclass each message is decoded into (default: the handler's annotation of its "
+             "message parameter, else the Telemetry example)")
+    add("--decode", choices=["json", "telemetry", "none"], default=d.decode,
+        help="decode each message as JSON into the message type, or pass raw str/bytes "
+             "('telemetry' is the old name of json) (default: %(default)s)")
     add("--invalid-json", choices=["keep", "close"], default=d.invalid_json,
         help="on a message that fails to decode: count it and keep the connection, or also "
              "close it with 1007 (default: %(default)s)")

@@ -5,13 +5,13 @@ Every default says why. Limits are compared with other servers' where that helps
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
 
-DecodeMode = Literal["telemetry", "none"]
+DecodeMode = Literal["json", "telemetry", "none"]
 InvalidJsonPolicy = Literal["keep", "close"]
 Compression = Literal["off", "deflate"]
 
@@ -36,9 +36,12 @@ class Config:
     threads: int = field(default_factory=_default_threads)
     # "module:function" called in the pool with (handle, message); None counts and drops.
     handler: str | None = None
-    # "telemetry": decode each message into messages.Telemetry before the handler sees it;
-    # "none": hand the handler the raw str/bytes (echo servers, other payloads).
-    decode: DecodeMode = "telemetry"
+    # "module:Class", a dataclass messages are decoded into; None: the handler's annotation,
+    # else the Telemetry example (the seed's workload).
+    message_type: str | None = None
+    # "json" ("telemetry" is its old name): decode each message into the message type before
+    # the handler sees it; "none": hand the handler the raw str/bytes (echo servers).
+    decode: DecodeMode = "json"
     # Invalid JSON is always counted; "close" also closes that connection with 1007.
     invalid_json: InvalidJsonPolicy = "keep"
     # 1 MiB, as websockets' default: 100x the workload's message, small enough that 10,000
@@ -124,13 +127,12 @@ class Config:
             raise ConfigError("--deflate-window-bits must be between 9 and 15")
         if self.handler is not None and ":" not in self.handler:
             raise ConfigError("--handler must be module:function")
+        if self.message_type is not None and ":" not in self.message_type:
+            raise ConfigError("--message-type must be module:Class")
         return self
 
     @property
     def scheme(self) -> str:
         return "wss" if self.tls else "ws"
 
-    def describe(self) -> dict[str, object]:
-        return {f.name: (str(v) if isinstance(v := getattr(self, f.name), Path) else v)
-                for f in fields(self)}
 

@@ -19,7 +19,6 @@ under `webscale.supervisor` speaks the same protocol to its supervisor instead o
 from __future__ import annotations
 
 import errno
-import importlib
 import itertools
 import logging
 import os
@@ -32,14 +31,13 @@ import time
 from typing import Any, Protocol
 
 from . import fastmask, limits, routes, tls
+from .app import App, resolve
 from .config import Config
 from .connection import Connection, ConnectionSettings
 from .dispatch import Decoder, Dispatcher, Handler
-from .errors import ConfigError
 from .handle import ConnectionHandle
 from .http import Request, Response
 from .loop import EVENT_READ, EventLoop
-from .messages import decode_telemetry
 from .metrics import render_prometheus
 from .process import Notifier, ProcessScaffold, bind, urls
 from .protocol import ProtocolLimits, ServerProtocol
@@ -372,19 +370,6 @@ class Server:
         self.loop.close()
 
 
-def _load_handler(spec: str) -> Handler:
-    """Import "package.module:function"; ConfigError naming what is missing."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"--handler {spec}: cannot import {module_name}: {exc}") from exc
-    handler = getattr(module, attr, None)
-    if not callable(handler):
-        raise ConfigError(f"--handler {spec}: {module_name} has no callable {attr!r}")
-    return handler  # type: ignore[no-any-return]
-
-
 def _default_max_connections() -> int:
     """The open-files limit (read after run() raised it) less limits.DEFAULT_RESERVE."""
     try:
@@ -398,26 +383,28 @@ def _default_max_connections() -> int:
     return max(1, soft - limits.DEFAULT_RESERVE)
 
 
-def run(config: Config, *, handler: Handler | None = None, decode: Decoder | None = None,
+def run(config: Config, *, app: App | None = None,
         listen_sockets: list[socket.socket] | None = None, worker_id: int | None = None,
         announce: bool = True, peer_stats: PeerStats | None = None) -> int:
     """Start a server on this (main) thread and serve until shutdown; the exit code.
 
     Without `listen_sockets`, sockets passed by systemd ($LISTEN_FDS) are used when present,
     else --host/--port is bound. `announce` prints the `listening on URL` line on stdout (a
-    supervisor prints it for its workers).
+    supervisor prints it for its workers). Without `app`, the handler and message type come
+    from the flags (`app.resolve`).
     """
+    if app is None:
+        app = resolve(config)
+    if app.message_type is not None:
+        logger.debug("messages are decoded into %s.%s", app.message_type.__module__,
+                     app.message_type.__qualname__)
     soft, _ = limits.raise_nofile_limit()
-    if handler is None and config.handler is not None:
-        handler = _load_handler(config.handler)
-    if decode is None and config.decode == "telemetry":
-        decode = decode_telemetry
     if listen_sockets is None:
         listen_sockets = listen_fds()
         if listen_sockets:
             logger.info("socket activation: serving on %d passed socket(s), not binding %s:%d",
                         len(listen_sockets), config.host, config.port)
-    server = Server(config, handler=handler, decode=decode,
+    server = Server(config, handler=app.handler, decode=app.decode,
                     listen_sockets=listen_sockets or None, worker_id=worker_id,
                     peer_stats=peer_stats)
     warning = limits.check_connection_budget(server.max_connections, soft)
