@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"app", "routes", "process"},
     {"connection"},
     {"protocol", "dispatch"},
-    {"handle", "unit_cap", "decoder", "deflate", "fastmask", "metrics", "stats", "states",
+    {"handle", "unit_cap", "pool", "decoder", "deflate", "fastmask", "metrics", "stats", "states",
      "loading", "messages"},
     {"examples.telemetry", "shapes", "loop", "tls", "config", "systemd", "limits", "certs"},
     {"http", "errors"},

@@ -39,12 +39,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import DecodeError
 from .handle import ConnectionHandle
+from .pool import WorkerPool
 from .stats import HANDLER_BOUNDS, Stats
 from .unit_cap import UnitCap
 
@@ -146,7 +146,7 @@ class Dispatcher:
         # flap between paused and reading on every unit.
         self.total_resume = max(1, max_in_flight_total * 3 // 4)
         self.linger = batch_linger
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="webscale-pool")
+        self.pool = WorkerPool(threads, thread_name_prefix="webscale-pool")
         self.in_flight_total = 0
         # Moving average of seconds per message (decode + handler), sizing the units.
         self.cost_per_message = 0.0001
