@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from helpers import TWIN, UNIT, ServerProcess, start_server, wait_for
+from helpers import PICOWS_TWIN, TWIN, UNIT, ServerProcess, start_server, wait_for
 from bench_client.config import BenchConfig, parse_source_addrs, split_plans, worker_count
 from bench_client.errors import ConfigError, FrameError, HandshakeError
 from bench_client.payload import (
@@ -253,6 +253,14 @@ def _check_200_clients(server: ServerProcess, tmp_path: Path) -> None:
 
 def test_200_clients_against_the_asyncio_twin(twin: ServerProcess, tmp_path: Path) -> None:
     _check_200_clients(twin, tmp_path)
+
+
+def test_200_clients_against_the_picows_twin(certs: Path, tmp_path: Path) -> None:
+    server = start_server([], certs=certs, tmp_path=tmp_path, command=PICOWS_TWIN)
+    try:
+        _check_200_clients(server, tmp_path)
+    finally:
+        server.stop()
 
 
 def test_200_clients_against_webscale(webscale: ServerProcess, tmp_path: Path) -> None:
