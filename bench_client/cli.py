@@ -34,6 +34,7 @@ from bench_client.config import (
 )
 from bench_client.errors import ConfigError
 from bench_client.metrics import merge_snapshots
+from bench_client.payload import DOCUMENTS
 from bench_client.report import ProgressPrinter, build_report, render_table, write_json
 from bench_client.worker import run_worker
 
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1.0,
                    help="messages per client per second; 0 = connect and hold idle (default 1)")
     p.add_argument("--size", type=int, default=10_240, help="message size in bytes (default 10240)")
+    p.add_argument("--document", choices=DOCUMENTS, default="telemetry",
+                   help="the message's shape: telemetry (readings padded with whitespace) or "
+                        "notes (40 readings, a free-text note to --size, site and firmware "
+                        "strings) (default telemetry)")
     p.add_argument("--duration", type=float, default=10.0,
                    help="seconds of steady state once every client has settled (default 10)")
     p.add_argument("--warmup", type=float, default=0.0,

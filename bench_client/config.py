@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from bench_client.errors import ConfigError
+from bench_client.payload import MessageTemplate
 
 # This machine's per-process limit is 20,000 files; keep ~1,000 for the pipe, the selector,
 # Python's own files and headroom.
@@ -25,6 +26,9 @@ class BenchConfig:
     clients: int = 100
     rate: float = 1.0  # messages per client per second; 0 = connect and hold idle
     size: int = 10_240  # the ~10 KB telemetry document of the spec
+    # the document's shape (payload.DOCUMENTS): "telemetry", or "notes" (issue 10's second
+    # shape: 40 readings, a free-text note padding to the size, two strings the struct lacks)
+    document: str = "telemetry"
     duration: float = 10.0  # seconds of steady state, counted once every client has settled
     # seconds between "every client settled" and the steady state, recorded with the ramp: a
     # server that fell behind while handshaking drains its backlog here, not in steady state
@@ -82,6 +86,10 @@ class BenchConfig:
             raise ConfigError("--ping-sample must be between 0 and --clients")
         if self.max_failures < 0:
             raise ConfigError("--max-failures must be >= 0")
+        try:
+            MessageTemplate(self.size, self.document)  # what a worker builds: fail here instead
+        except ValueError as exc:
+            raise ConfigError(f"--size/--document: {exc}") from None
 
     @property
     def tls(self) -> bool:

@@ -79,6 +79,7 @@ def build_report(
             "clients": config.clients,
             "rate": config.rate,
             "size": config.size,
+            "document": config.document,
             "duration": config.duration,
             "warmup": config.warmup,
             "ramp": config.ramp,
@@ -143,7 +144,7 @@ def render_table(report: dict[str, Any]) -> str:
     cfg = report["config"]
     rows: list[tuple[str, str]] = [
         ("target", (f"{cfg['url']}  clients={cfg['clients']} rate={cfg['rate']}/s "
-                    f"size={cfg['size']} procs={cfg['procs']}")),
+                    f"size={cfg['size']} document={cfg['document']} procs={cfg['procs']}")),
         ("connections attempted", str(conns["attempted"])),
         ("connections established", f"{conns['established']} / {conns['target']}"),
         ("connections failed", str(conns["failed"])),

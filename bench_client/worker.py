@@ -65,7 +65,7 @@ class Worker:
         self.pipe = pipe
         self.loop = EventLoop()
         self.metrics = WorkerMetrics()
-        self.template = MessageTemplate(config.size)
+        self.template = MessageTemplate(config.size, config.document)
         self.target = Target(
             host=config.host,
             port=config.port,

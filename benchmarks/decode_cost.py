@@ -29,7 +29,7 @@ import orjson  # noqa: E402
 from wsproto import ConnectionType, frame_protocol  # noqa: E402
 from wsproto.connection import Connection  # noqa: E402
 
-from bench_client.payload import MessageTemplate  # noqa: E402
+from bench_client.payload import DOCUMENTS, MessageTemplate  # noqa: E402
 from webscale import fastmask  # noqa: E402
 from webscale.messages import Reading, decode_telemetry  # noqa: E402
 
@@ -58,12 +58,14 @@ def frame_parse(frames: list[bytes]) -> Callable[[int], object]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=10240)
+    p.add_argument("--document", choices=DOCUMENTS, default="telemetry",
+                   help="the message's shape, as bench_client's --document")
     p.add_argument("--number", type=int, default=2000)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
-    template = MessageTemplate(args.size)
+    template = MessageTemplate(args.size, args.document)
     docs = [bytes(template.render(i, i, 1.7e9 + i)).decode() for i in range(200)]
     readings = [orjson.loads(d)["readings"] for d in docs]
     frames = []
@@ -90,7 +92,7 @@ def main() -> int:
             frame_parse(frames), indices, args.number, args.repeat)
         frame_protocol.XorMaskerSimple = python_masker  # type: ignore[misc]
 
-    print(f"one {args.size}-byte message, {template.readings_count} readings; "
+    print(f"one {args.size}-byte {args.document} message, {template.readings_count} readings; "
           f"CPU per call, best of {args.repeat}; pid {os.getpid()}")
     width = max(map(len, rows))
     for name, seconds in rows.items():

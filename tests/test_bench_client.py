@@ -83,6 +83,34 @@ def test_write_frame_is_a_masked_text_frame_that_unmasks_to_the_document() -> No
     assert second[4:8] != out[4:8] or second[8:] != out[8:]  # a fresh key per frame
 
 
+@pytest.mark.parametrize("size", [6000, 10_240, 65_536])
+def test_notes_document_has_the_second_shape_and_decodes(size: int) -> None:
+    template = MessageTemplate(size, "notes")
+    document = bytes(template.render(client_id=42, seq=7, sent_at=1_700_000_000.25))
+    assert len(document) == size
+    raw = orjson.loads(document)
+    assert set(raw) == {"client_id", "seq", "sent_at", "site", "firmware", "readings", "note"}
+    assert isinstance(raw["site"], str) and isinstance(raw["firmware"], str)
+    assert len(raw["readings"]) == template.readings_count == 40
+    note = raw["note"]
+    assert len(note) > size // 3  # the note pads the document, whatever the size
+    words = note.replace(".", " ").replace(",", " ").split()
+    assert len(set(words)) >= 40  # prose, not one repeated character
+    assert max(len(w) for w in words) < 20
+    # webscale's decoder takes it as telemetry and ignores the fields its struct lacks
+    telemetry = decode_telemetry(document)
+    assert (telemetry.client_id, telemetry.seq, telemetry.sent_at) == (42, 7, 1_700_000_000.25)
+    assert len(telemetry.readings) == 40
+    second = bytes(template.render(9_999_999_999, 8, 1.0))
+    assert orjson.loads(second)["note"] == note  # only the fixed fields change per send
+
+
+def test_a_size_too_small_for_the_notes_document_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="notes document needs more than"):
+        BenchConfig(url="wss://127.0.0.1:1/", size=1000, document="notes")
+    BenchConfig(url="wss://127.0.0.1:1/", size=1000)  # the telemetry shape fits
+
+
 def test_pure_python_mask_matches_the_c_one() -> None:
     data = bytes(range(256)) * 5 + b"xyz"
     mask = b"\x01\x80\xfe\x7f"
@@ -285,6 +313,21 @@ def test_warmup_keeps_its_samples_out_of_steady_state(webscale: ServerProcess,
     assert report["send_lateness_ramp_s"]["count"] >= 10 * 4
     assert report["send_lateness_s"]["count"] <= 10 * 2 * 2 + 10
     assert 1.9 <= report["timing"]["steady_state_s"] <= 2.5 * UNIT
+
+
+def test_notes_documents_are_decoded_by_webscale(webscale: ServerProcess,
+                                                 tmp_path: Path) -> None:
+    before = webscale.stats()
+    rc, report, output = run_bench(
+        tmp_path, "--url", webscale.url, "--cafile", str(webscale.cafile), "--clients", "10",
+        "--rate", "2", "--duration", "1", "--procs", "1", "--document", "notes")
+    assert rc == 0, output
+    assert report["config"]["document"] == "notes" and "document=notes" in output
+    written = report["messages"]["written"]
+    assert written >= 10 * 2
+    wait_for(lambda: webscale.stats()["messages_decoded"] - before["messages_decoded"]
+             == written, 10, what="every notes document decoded")
+    assert webscale.stats()["decode_errors"] == before["decode_errors"]
 
 
 def test_plain_ws_from_several_source_addresses(tmp_path: Path) -> None:
