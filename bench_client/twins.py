@@ -65,7 +65,7 @@ class TwinStats:
         data: dict[str, Any] = asdict(self.counters)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         data["peer_hosts"] = len(self.peer_hosts)
-        data["uptime_s"] = time.monotonic() - self.started_at
+        data["uptime_seconds"] = time.monotonic() - self.started_at
         data["cpu_user_s"] = usage.ru_utime
         data["cpu_system_s"] = usage.ru_stime
         data["max_rss_kb"] = usage.ru_maxrss

@@ -65,3 +65,75 @@ def test_hold_idle_counts_every_worker_and_connection(tmp_path: Path) -> None:
     assert sum(r["open_per_worker_peak"].values()) == 60
     assert r["server_rss_loaded_mb"] >= r["server_rss_idle_mb"] > 0
     assert "server_rss_per_conn_kb" in r
+
+
+def test_peer_table_runs_every_row_and_writes_its_provenance(tmp_path: Path) -> None:
+    markdown = tmp_path / "table.md"
+    r = run_script(tmp_path, "peer_table.py", "--servers", "picows", "--document", "notes",
+                   "--cpu-clients", "20", "--low-clients", "10", "--idle-clients", "20",
+                   "--levels", "20", "--window", "1.5", "--low-window", "1.5",
+                   "--idle-window", "1.5", "--settle", "0.5", "--ping-sample", "5",
+                   "--repeats", "1", "--markdown", str(markdown))
+    loaded = r["loaded"]["notes"]["picows"][0]
+    assert "error" not in loaded, loaded
+    assert loaded["document"] == "notes" and loaded["decoded_msgs_per_s"] > 0
+    assert loaded["bench"]["connections"]["established"] == 20
+    assert r["idle"]["picows"][0]["rate"] == 0
+    assert r["levels"]["picows"][0]["verdicts"] == [True]
+    text = markdown.read_text()
+    assert "`python benchmarks/peer_table.py --servers picows --document notes" in text
+    assert r["machine"]["versions"]["picows"] in text
+    for row in ("server CPU per message, 20 clients (notes)", "server CPU at idle",
+                "most clients kept up at 1 msg/s (notes) | >= 20", "RSS per idle TLS connection",
+                "ping RTT p99 at 20 clients (notes)"):
+        assert row in text, row
+
+
+def _point(server: str, cpu: float | None, **bench: Any) -> dict[str, Any]:
+    """A run_point result as peer_table reads it: one run that kept up, unless changed."""
+    report: dict[str, Any] = {
+        "connections": {"established": 100, "failed": 0, "dropped": 0},
+        "messages": {"scheduled": 1000, "written": 1000},
+        "pings": {"sent": 50, "answered": 50, "lost": 0},
+        "ping_rtt_s": {"p50": 0.001, "p99": 0.002}}
+    report.update(bench)
+    point = {"server": server, "clients": 100, "offered_msgs_per_s": 100.0,
+             "decoded_msgs_per_s": 100.0, "in_flight_end": 0, "server_cpu_us_per_msg": cpu,
+             "server_cpu_percent": 1.5, "rss_per_conn_kb": 20.0, "bench": report}
+    if cpu is None:
+        point["error"] = "clients did not all connect"
+    return point
+
+
+def test_peer_table_judges_medians_ratios_and_kept_up() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import peer_table
+
+    assert peer_table.kept_up(_point("webscale", 100.0))
+    assert not peer_table.kept_up(_point("webscale", 100.0, pings={"lost": 1}))
+    assert not peer_table.kept_up(_point("webscale", 100.0,
+                                         messages={"scheduled": 1000, "written": 999}))
+    assert not peer_table.kept_up(_point("webscale", 100.0) | {"decoded_msgs_per_s": 98.9})
+
+    args = peer_table.parse_args(["--servers", "webscale", "picows", "--document", "telemetry",
+                                  "--cpu-clients", "100", "--low-clients", "100",
+                                  "--idle-clients", "100"])
+    runs = {"webscale": [_point("webscale", c) for c in (90.0, 300.0, 100.0)],
+            "picows": [_point("picows", c) for c in (50.0, None, None)]}
+    results = {"date": "2026-12-03 00:00 UTC", "command": "python benchmarks/peer_table.py X",
+               "machine": {"cpus": 2, "cpu": "cpu", "memory_gib": 24, "kernel": "Linux",
+                           "python": "3.11", "openssl": "OpenSSL", "versions": {}},
+               "args": vars(args), "loaded": {"telemetry": runs}, "low": {"telemetry": runs},
+               "idle": runs,
+               "levels": {"webscale": [{"clients": 100, "kept_up": True, "verdicts": [True]},
+                                       {"clients": 200, "kept_up": False, "verdicts": [False]}],
+                          "picows": [{"clients": 100, "kept_up": True, "verdicts": [True]},
+                                     {"clients": 200, "kept_up": True, "verdicts": [True]}]}}
+    text = peer_table.render(results)
+    # webscale: the median of 90, 300, 100; picows: 2 of 3 runs failed, so no median
+    assert "| server CPU per message, 100 clients (telemetry) | 100 us | - [1] | - |" in text
+    assert "[1] server CPU per message, 100 clients (telemetry), picows: 2 of 3 runs failed: " \
+           "clients did not all connect" in text
+    assert "| most clients kept up at 1 msg/s (telemetry) | 100 | >= 200 | 0.50x |" in text
+    assert "| ping RTT p99 at 100 clients (telemetry) | 2.0 ms | - [" in text
+    assert "with `python benchmarks/peer_table.py X`" in text

@@ -22,7 +22,7 @@ from payloads import telemetry_json
 
 TWINS = {"asyncio": TWIN, "picows": PICOWS_TWIN}
 STATS_KEYS = {"connections_open", "connections_total", "messages_received", "messages_decoded",
-              "decode_errors", "bytes_received", "peer_hosts", "uptime_s", "cpu_user_s",
+              "decode_errors", "bytes_received", "peer_hosts", "uptime_seconds", "cpu_user_s",
               "cpu_system_s", "max_rss_kb"}
 
 
