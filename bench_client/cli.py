@@ -35,7 +35,13 @@ from bench_client.config import (
 from bench_client.errors import ConfigError
 from bench_client.metrics import merge_snapshots
 from bench_client.payload import DOCUMENTS
-from bench_client.report import ProgressPrinter, build_report, render_table, write_json
+from bench_client.report import (
+    ProgressPrinter,
+    RateWindow,
+    build_report,
+    render_table,
+    write_json,
+)
 from bench_client.worker import run_worker
 
 logger = logging.getLogger("bench_client")
@@ -50,8 +56,24 @@ FINAL_GRACE = 10.0
 SETTLE_GRACE = 5.0
 
 
+DESCRIPTION = """\
+Load-test a WebSocket server: open --clients connections (TLS with wss://) from several
+processes at up to --ramp per second, send each a JSON document of --size bytes --rate times a
+second for --duration seconds, then close them all. The report counts connections established,
+failed and dropped (by reason), messages scheduled and written, send lateness, ping round trips
+(--ping-sample) and the client's own CPU. Exits 1 when failures exceed --max-failures."""
+
+EPILOG = """\
+example:
+  bench_client --url wss://127.0.0.1:8443/ --cafile certs/ca.pem --clients 5000 --rate 1 \\
+               --warmup 15 --duration 30 --ping-sample 100 --json report.json
+
+Ctrl-C ends the run early and still prints the report; a second Ctrl-C stops at once."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench_client", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="bench_client", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="wss://127.0.0.1:8443/", help="ws:// or wss:// server URL")
     p.add_argument("--clients", type=int, default=100, help="connections to open (default 100)")
     p.add_argument("--rate", type=float, default=1.0,
@@ -107,6 +129,7 @@ class Runner:
         self.progress: dict[int, dict[str, Any]] = {}
         self.finals: dict[int, dict[str, Any]] = {}
         self.printer = None if quiet else ProgressPrinter(sys.stderr, config.clients)
+        self.written_rate = RateWindow()
         self.stop_signals = 0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -158,6 +181,7 @@ class Runner:
                         del live[pipe]
                     else:
                         self.progress[index] = message
+                        self.written_rate.add(index, message["at"], message["messages_written"])
                 now = time.monotonic()
                 if self.stop_signals >= 2:
                     break
@@ -201,7 +225,8 @@ class Runner:
                 if phase == "stop" and now >= final_deadline:
                     break
                 if self.printer is not None and totals is not None:
-                    self.printer.update(now - started_at, totals, phase)
+                    self.printer.update(now - started_at, totals, phase,
+                                        self.written_rate.rate())
         finally:
             for process in processes:
                 if process.is_alive() and process.pid is not None:

@@ -145,6 +145,7 @@ class Worker:
         return {
             "type": "progress",
             "worker": self.plan.index,
+            "at": time.monotonic(),  # when these counts were taken (one clock for all workers)
             "attempted": m.attempted,
             "established": m.established,
             "failed": m.failed,

@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -396,3 +397,54 @@ def test_a_server_that_never_answers_times_out_every_handshake(tmp_path: Path) -
     assert rc == 1, output
     assert report["connections"]["failed_by_reason"] == {"timeout: tls_handshake": 5}
     assert took < 10 * UNIT
+
+
+def test_help_is_written_for_users() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench_client", "--help"], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                            text=True, timeout=30 * UNIT, check=True)
+    assert "fork the workers" not in result.stdout  # the module docstring is for maintainers
+    assert result.stdout.startswith("usage: bench_client")
+    assert "Load-test a WebSocket server" in result.stdout
+    assert "example:\n  bench_client --url wss://127.0.0.1:8443/" in result.stdout
+
+
+def _serve_one_upgrade_then_read_forever(listener: socket.socket) -> None:
+    """A WebSocket server that upgrades one client, then reads and never answers anything."""
+    conn, _ = listener.accept()
+    with conn:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_token(key)
+                     + b"\r\n\r\n")
+        while conn.recv(65536):
+            pass
+
+
+def test_unanswered_pings_are_reported_lost_with_their_wait(tmp_path: Path) -> None:
+    # One connection pings once a second for 9.5 s against a server that never answers: the
+    # ninth ping gives up on the first (8 outstanding at most), and the rest are lost when the
+    # connection ends. Each lost ping is an RTT sample of the time it waited.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = threading.Thread(target=_serve_one_upgrade_then_read_forever, args=(listener,),
+                                  daemon=True)
+        server.start()
+        port = listener.getsockname()[1]
+        rc, report, output = run_bench(tmp_path, "--url", f"ws://127.0.0.1:{port}/",
+                                       "--clients", "1", "--rate", "0", "--ping-sample", "1",
+                                       "--duration", "9.5", "--close-timeout", "0.5",
+                                       "--procs", "1")
+        server.join(10 * UNIT)
+    assert rc == 0, output
+    pings = report["pings"]
+    assert pings["sent"] >= 9
+    assert pings["answered"] == 0
+    assert pings["lost"] == pings["sent"]
+    rtt = report["ping_rtt_s"]
+    assert rtt["count"] + report["ping_rtt_ramp_s"]["count"] == pings["lost"]
+    assert rtt["max"] >= 8.0  # the first ping, given up on after 8 newer ones
+    assert f"{pings['sent']} / 0 / {pings['lost']}" in output

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from helpers import UNIT
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,8 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_script(tmp_path: Path, script: str, *args: str, timeout: float = 120) -> dict[str, Any]:
     out = tmp_path / "out.json"
+    own, server = (args[:args.index("--")], args[args.index("--"):]) if "--" in args \
+        else (args, ())
     result = subprocess.run(
-        [sys.executable, f"benchmarks/{script}", *args, "--json", str(out)],
+        [sys.executable, f"benchmarks/{script}", *own, "--json", str(out), *server],
         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
         timeout=timeout * UNIT, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -137,3 +141,29 @@ def test_peer_table_judges_medians_ratios_and_kept_up() -> None:
     assert "| most clients kept up at 1 msg/s (telemetry) | 100 | >= 200 | 0.50x |" in text
     assert "| ping RTT p99 at 100 clients (telemetry) | 2.0 ms | - [" in text
     assert "with `python benchmarks/peer_table.py X`" in text
+
+
+def test_server_cost_rate_pairs_each_workers_count_with_its_own_uptime() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import server_cost
+
+    def worker(uptime: float, decoded: float) -> dict[str, float]:
+        return {"uptime": uptime, "messages_decoded": decoded}
+
+    # Worker 1's snapshot is 0.8 s older than worker 0's live numbers at both ends; each
+    # decodes 100/s. Summing raw counts over our own 10 s would give 192/s; pairing each
+    # count with its own uptime gives the exact 200/s.
+    start = {"0": worker(50.0, 5000), "1": worker(49.2, 4920)}
+    end = {"0": worker(60.0, 6000), "1": worker(59.2, 5920)}
+    assert server_cost.window_rate(start, end, "messages_decoded") == pytest.approx(200)
+    assert server_cost.covers_window(start, end, 10.0)
+    stale = {"0": worker(60.0, 6000), "1": worker(50.1, 5010)}  # worker 1 stopped publishing
+    assert not server_cost.covers_window(start, stale, 10.0)
+
+
+def test_server_cost_counts_every_worker_exactly(tmp_path: Path) -> None:
+    r = run_script(tmp_path, "server_cost.py", "--clients", "60", "--window", "3",
+                   "--settle", "1", "--ping-sample", "0", "--", "--workers", "2")
+    assert "error" not in r, r
+    assert r["server_processes"] == 2
+    assert 0.95 * 60 <= r["decoded_msgs_per_s"] <= 1.05 * 60
