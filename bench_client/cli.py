@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import resource
 import signal
+import ssl
 import sys
 import time
 from dataclasses import fields
@@ -26,6 +27,7 @@ from typing import Any, cast
 from bench_client.config import (
     BenchConfig,
     WorkerPlan,
+    client_tls_context,
     parse_source_addrs,
     raise_file_limit,
     resolve,
@@ -265,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         address = resolve(config)
+        if config.tls:  # what every worker builds: a missing --cafile fails here, once
+            try:
+                client_tls_context(config.cafile, config.insecure)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"--cafile {config.cafile}: {exc}") from None
     except ConfigError as exc:
         print(f"bench_client: {exc}", file=sys.stderr)
         return 2

@@ -399,6 +399,14 @@ def test_a_server_that_never_answers_times_out_every_handshake(tmp_path: Path) -
     assert took < 10 * UNIT
 
 
+def test_a_missing_cafile_is_one_clear_error(tmp_path: Path) -> None:
+    rc, _, output = run_bench(tmp_path, "--url", "wss://127.0.0.1:1/", "--cafile",
+                              str(tmp_path / "absent.pem"), "--clients", "1")
+    assert rc == 2
+    assert f"bench_client: --cafile {tmp_path / 'absent.pem'}: [Errno 2]" in output
+    assert "Traceback" not in output
+
+
 def test_help_is_written_for_users() -> None:
     result = subprocess.run([sys.executable, "-m", "bench_client", "--help"], cwd=REPO,
                             env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
