@@ -75,7 +75,7 @@ class TwinServer:
 
 async def serve_forever(args: argparse.Namespace) -> None:
     twin = TwinServer()
-    tls = None if args.no_tls else make_tls_context(args.cert, args.key)
+    tls = None if args.no_tls else make_tls_context(args.cert, args.key, args.client_ca)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bind round-robin to these source addresses, e.g. 127.0.0.1-127.0.0.16")
     p.add_argument("--cafile", default=None, help="CA certificate to verify the server with")
     p.add_argument("--insecure", action="store_true", help="do not verify the server certificate")
+    p.add_argument("--cert", default=None, metavar="FILE",
+                   help="client certificate (PEM) for servers that require one (mutual TLS)")
+    p.add_argument("--key", default=None, metavar="FILE", help="the --cert's private key (PEM)")
     p.add_argument("--ping-sample", type=int, default=0, metavar="K",
                    help="K connections ping every second to measure round-trip time")
     p.add_argument("--json", dest="json_path", default=None, metavar="PATH",
@@ -267,11 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         address = resolve(config)
-        if config.tls:  # what every worker builds: a missing --cafile fails here, once
+        if config.tls:  # what every worker builds: a missing file fails here, once
             try:
-                client_tls_context(config.cafile, config.insecure)
+                client_tls_context(config)
             except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"--cafile {config.cafile}: {exc}") from None
+                files = [f"--{name} {value}" for name, value in (
+                    ("cafile", config.cafile), ("cert", config.cert), ("key", config.key)) if value]
+                raise ConfigError(f"{', '.join(files)}: {exc}") from None
     except ConfigError as exc:
         print(f"bench_client: {exc}", file=sys.stderr)
         return 2

@@ -140,7 +140,7 @@ class PicowsTwin:
 
 async def serve_forever(args: argparse.Namespace) -> None:
     twin = PicowsTwin()
-    tls = None if args.no_tls else make_tls_context(args.cert, args.key)
+    tls = None if args.no_tls else make_tls_context(args.cert, args.key, args.client_ca)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

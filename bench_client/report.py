@@ -110,6 +110,7 @@ def build_report(
             "procs": workers,
             "source_addrs": len(config.source_addrs),
             "ping_sample": config.ping_sample,
+            "client_cert": config.cert is not None,
             "max_failures": config.max_failures,
         },
         "connections": {

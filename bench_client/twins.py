@@ -72,12 +72,16 @@ class TwinStats:
         return data
 
 
-def make_tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """The one TLS setup of both twins."""
+def make_tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """The one TLS setup of both twins; with `client_ca`, every client must present a
+    certificate signed by it (mutual TLS, as webscale's --client-ca), or its handshake fails."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=client_ca)
     return context
 
 
@@ -86,6 +90,8 @@ def add_twin_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8443)
     parser.add_argument("--cert", default="certs/server.pem")
     parser.add_argument("--key", default="certs/server.key")
+    parser.add_argument("--client-ca", default=None, metavar="FILE",
+                        help="require a client certificate signed by this CA (mutual TLS)")
     parser.add_argument("--no-tls", action="store_true", help="serve plain ws://")
     parser.add_argument("--backlog", type=int, default=4096,
                         help="listen backlog; the kernel caps it at net.core.somaxconn")

@@ -71,7 +71,7 @@ class Worker:
             port=config.port,
             path=config.path,
             address=plan.address,
-            tls=client_tls_context(config.cafile, config.insecure) if config.tls else None,
+            tls=client_tls_context(config) if config.tls else None,
             handshake_timeout=config.handshake_timeout,
         )
         self.connections: dict[int, ClientConnection] = {}

@@ -7,6 +7,7 @@ a subprocess with `--json`, and check its report against the server's own /stats
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -22,7 +23,15 @@ from typing import Any
 import orjson
 import pytest
 
-from helpers import PICOWS_TWIN, TWIN, UNIT, ServerProcess, start_server, wait_for
+from helpers import (
+    PICOWS_TWIN,
+    TWIN,
+    UNIT,
+    ServerProcess,
+    client_ssl_context,
+    start_server,
+    wait_for,
+)
 from bench_client.config import BenchConfig, parse_source_addrs, split_plans, worker_count
 from bench_client.errors import ConfigError, FrameError, HandshakeError
 from bench_client.payload import (
@@ -456,3 +465,93 @@ def test_unanswered_pings_are_reported_lost_with_their_wait(tmp_path: Path) -> N
     assert rtt["count"] + report["ping_rtt_ramp_s"]["count"] == pings["lost"]
     assert rtt["max"] >= 8.0  # the first ping, given up on after 8 newer ones
     assert f"{pings['sent']} / 0 / {pings['lost']}" in output
+
+
+# -- mutual TLS: bench_client's client certificate, the twins' --client-ca ------------------------
+
+
+def _issue_client_cert(out: Path, name: str, ca_dir: Path | None) -> tuple[Path, Path]:
+    """A client certificate (CN=name, clientAuth) signed by the CA in `ca_dir` (ca.pem, ca.key),
+    or by a throwaway CA of its own when `ca_dir` is None."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    if ca_dir is None:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "another CA")])
+    else:
+        loaded = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        ca_key = loaded
+        ca_name = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes()).subject
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_path, key_path = out / f"{name}.pem", out / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("command", [TWIN, PICOWS_TWIN], ids=["asyncio", "picows"])
+def test_client_certificates_against_a_twin_that_requires_them(
+        command: list[str], certs: Path, tmp_path: Path) -> None:
+    server = start_server(["--client-ca", str(certs / "ca.pem")], certs=certs,
+                          tmp_path=tmp_path, command=command)
+    try:
+        common = ["--url", server.url, "--cafile", str(server.cafile), "--clients", "5",
+                  "--rate", "2", "--duration", "1", "--procs", "1"]
+        cert, key = _issue_client_cert(tmp_path, "device-1", certs)
+        rc, report, output = run_bench(tmp_path, *common, "--cert", str(cert), "--key", str(key))
+        assert rc == 0, output
+        assert report["connections"]["established"] == 5
+        assert report["config"]["client_cert"] is True
+        written = report["messages"]["written"]
+
+        def decoded() -> int:  # /stats too needs the client certificate now
+            context = client_ssl_context(certs / "ca.pem")
+            context.load_cert_chain(cert, key)
+            conn = http.client.HTTPSConnection(server.host, server.port, context=context,
+                                               timeout=5 * UNIT)
+            try:
+                conn.request("GET", "/stats")
+                return int(json.loads(conn.getresponse().read())["messages_decoded"])
+            finally:
+                conn.close()
+
+        wait_for(lambda: decoded() == written, 10, what="every message decoded")
+
+        for label, extra in (("none", []), ("another CA", list(map(str, _issue_client_cert(
+                tmp_path, "stranger", None))))):
+            flags = ["--cert", extra[0], "--key", extra[1]] if extra else []
+            rc, report, output = run_bench(tmp_path, *common, "--max-failures", "5", *flags)
+            conns = report["connections"]
+            assert conns["established"] == 0, (label, output)
+            assert conns["failed"] == 5, (label, output)
+            assert all(reason.startswith(("tls:", "handshake:"))
+                       for reason in conns["failed_by_reason"]), (label, conns)
+    finally:
+        server.stop()
+
+
+def test_cert_without_key_or_on_plain_ws_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="--cert and --key go together"):
+        BenchConfig(url="wss://127.0.0.1:1/", cert="c.pem")
+    with pytest.raises(ConfigError, match="needs a wss:// URL"):
+        BenchConfig(url="ws://127.0.0.1:1/", cert="c.pem", key="k.pem")
