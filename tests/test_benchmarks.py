@@ -69,6 +69,11 @@ def test_hold_idle_counts_every_worker_and_connection(tmp_path: Path) -> None:
     assert sum(r["open_per_worker_peak"].values()) == 60
     assert r["server_rss_loaded_mb"] >= r["server_rss_idle_mb"] > 0
     assert "server_rss_per_conn_kb" in r
+    # Both sides' CPU over the connect window: together no more than the cores can supply in
+    # it (plus one clock tick per process of rounding).
+    cpu = r["server_cpu_s_in_window"] + r["client_cpu_s_in_window"]
+    assert 0 < cpu <= (os.cpu_count() or 1) * r["connect_window_s"] + 0.1
+    assert r["client_cpu_s_in_window"] > 0
 
 
 def test_peer_table_runs_every_row_and_writes_its_provenance(tmp_path: Path) -> None:
