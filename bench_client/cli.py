@@ -15,6 +15,7 @@ import argparse
 import logging
 import multiprocessing
 import resource
+import shlex
 import signal
 import ssl
 import sys
@@ -35,6 +36,7 @@ from bench_client.config import (
     worker_count,
 )
 from bench_client.errors import ConfigError
+from bench_client.html_report import bench_report_page, pyplot
 from bench_client.metrics import merge_snapshots
 from bench_client.payload import DOCUMENTS
 from bench_client.report import (
@@ -42,8 +44,10 @@ from bench_client.report import (
     RateWindow,
     build_report,
     render_table,
+    table_rows,
     write_json,
 )
+from bench_client.timeline import Timeline
 from bench_client.worker import run_worker
 
 logger = logging.getLogger("bench_client")
@@ -113,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for close replies at the end (default 3)")
     p.add_argument("--inflight", type=int, default=500,
                    help="handshakes in progress per process (default 500)")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="also write a self-contained HTML report with charts to FILE "
+                        "(needs matplotlib: pip install -e '.[report]')")
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -152,6 +159,7 @@ class Runner:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT,
                                                                          signal.SIGTERM)}
         started_at = time.monotonic()
+        self.timeline = Timeline(started_at)
         try:
             for plan in self.plans:
                 parent_end, child_end = ctx.Pipe(duplex=True)
@@ -187,6 +195,7 @@ class Runner:
                     else:
                         self.progress[index] = message
                         self.written_rate.add(index, message["at"], message["messages_written"])
+                        self.timeline.add(index, message)
                 now = time.monotonic()
                 if self.stop_signals >= 2:
                     break
@@ -259,8 +268,14 @@ class Runner:
         own = resource.getrusage(resource.RUSAGE_SELF)
         cpu = {"user_s": children.ru_utime + own.ru_utime,
                "system_s": children.ru_stime + own.ru_stime}
-        return build_report(self.config, len(self.plans), merged, started_at, steady_started_at,
-                            stopped_at, ended_at, cpu, self.stop_signals > 0, steady_written)
+        report = build_report(self.config, len(self.plans), merged, started_at,
+                              steady_started_at, stopped_at, ended_at, cpu,
+                              self.stop_signals > 0, steady_written)
+        report["timeline"] = self.timeline.series(ended_at - started_at)
+        if steady_started_at is not None:
+            report["timing"]["steady_from_s"] = steady_started_at - started_at
+            report["timing"]["steady_until_s"] = stopped_at - started_at
+        return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                 files = [f"--{name} {value}" for name, value in (
                     ("cafile", config.cafile), ("cert", config.cert), ("key", config.key)) if value]
                 raise ConfigError(f"{', '.join(files)}: {exc}") from None
+        if args.html:
+            pyplot()  # a missing matplotlib fails now, not after the run
     except ConfigError as exc:
         print(f"bench_client: {exc}", file=sys.stderr)
         return 2
@@ -286,4 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(report))
     if config.json_path:
         write_json(report, config.json_path)
+    if args.html:
+        command = shlex.join(["bench_client", *(sys.argv[1:] if argv is None else argv)])
+        with open(args.html, "w", encoding="utf-8") as handle:
+            handle.write(bench_report_page(report, command, table_rows(report)))
     return 0 if report["ok"] else 1

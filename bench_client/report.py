@@ -165,6 +165,13 @@ def _ms(value: float | None) -> str:
 
 
 def render_table(report: dict[str, Any]) -> str:
+    rows = table_rows(report)
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def table_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary as (name, value) rows: the terminal table and the HTML report's."""
     conns = report["connections"]
     msgs = report["messages"]
     late = report["send_lateness_s"]
@@ -219,8 +226,7 @@ def render_table(report: dict[str, Any]) -> str:
          f"FAILED ({report['failures']} failures > max {cfg['max_failures']})"
          if report["failures"] > cfg["max_failures"] else "INTERRUPTED"),
     ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    return rows
 
 
 def write_json(report: dict[str, Any], path: str) -> None:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server_cost import SERVERS, machine_description, run_point
 
@@ -204,15 +205,13 @@ def _number(value: float | None, unit: str) -> str:
     return f"{text} {unit}" if unit != "% of a core" else f"{text}%"
 
 
-def render(results: dict[str, Any]) -> str:
-    """The Markdown table with its provenance: date, machine, command, method."""
+def table_cells(results: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
+    """The table as rows of cell texts (the first row the header), and its numbered notes."""
     args = results["args"]
     servers = args["servers"]
     peers = [s for s in servers if s != "webscale"]
     ratio_heads = [f"webscale / {s}" for s in peers] if "webscale" in servers else []
-    lines = ["| | " + " | ".join(TITLES[s] for s in servers)
-             + "".join(f" | {h}" for h in ratio_heads) + " |",
-             "|---" * (1 + len(servers) + len(ratio_heads)) + "|"]
+    rows = [["", *(TITLES[s] for s in servers), *ratio_heads]]
     notes: list[str] = []
     for name, unit, cells in table_rows(results, args):
         values = []
@@ -231,20 +230,29 @@ def render(results: dict[str, Any]) -> str:
             for peer in peers:
                 theirs = cells[peer][0]
                 ratios.append(f"{mine / theirs:.2f}x" if mine is not None and theirs else "-")
-        lines.append(f"| {name} | " + " | ".join(values + ratios) + " |")
-    machine = results["machine"]
+        rows.append([name, *values, *ratios])
+    return rows, notes
+
+
+def provenance(results: dict[str, Any]) -> str:
+    args, machine = results["args"], results["machine"]
     versions = machine.get("versions", {})
-    out = [
+    return (
         f"Measured {results['date']} with `{results['command']}` on {machine['cpus']} cores "
         f"({machine['cpu']}), {machine['memory_gib']} GiB, {machine['kernel']}, "
         f"Python {machine['python']}, {machine['openssl']}; websockets "
         f"{versions.get('websockets')}, picows {versions.get('picows')} on uvloop "
         f"{versions.get('uvloop')}. One server process each, default flags, every server "
         "decoding with webscale's decoder; bench_client on the same cores. Each cell is the "
-        f"median of {args['repeats']} run(s), run alternately; ratios are webscale / peer.",
-        "",
-        *lines,
-    ]
+        f"median of {args['repeats']} run(s), run alternately; ratios are webscale / peer.")
+
+
+def render(results: dict[str, Any]) -> str:
+    """The Markdown table with its provenance: date, machine, command, method."""
+    rows, notes = table_cells(results)
+    lines = ["| " + " | ".join(rows[0]) + " |", "|---" * len(rows[0]) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    out = [provenance(results), "", *lines]
     if notes:
         out.append("")
         out += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
@@ -252,6 +260,22 @@ def render(results: dict[str, Any]) -> str:
             "idle: % of a core and KB per connection; levels: kept up or not):", ""]
     out += _every_run(results)
     return "\n".join(out) + "\n"
+
+
+def render_html(results: dict[str, Any]) -> str:
+    """The same table and one bar chart per row, one colour per server (bench_client's
+    html_report; needs matplotlib)."""
+    from bench_client.html_report import comparison_page
+
+    args = results["args"]
+    servers = args["servers"]
+    rows, notes = table_cells(results)
+    bars = [(name, unit, [cells[s][0] for s in servers])
+            for name, unit, cells in table_rows(results, args)]
+    meta = [provenance(results).replace("`", ""), *(f"[{i}] {n}" for i, n in
+                                                    enumerate(notes, 1))]
+    return comparison_page("Peer table: webscale and its peers", results["command"], meta,
+                           [TITLES[s] for s in servers], bars, rows)
 
 
 def _every_run(results: dict[str, Any]) -> list[str]:
@@ -302,6 +326,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=Path("bench-results/peer_table.json"))
     p.add_argument("--markdown", type=Path, metavar="FILE",
                    help="write the table with its date, machine and command to FILE")
+    p.add_argument("--html", type=Path, metavar="FILE",
+                   help="write the table and a bar chart per row as one HTML file "
+                        "(needs matplotlib: pip install -e '.[report]')")
     p.add_argument("--render", type=Path, metavar="JSON",
                    help="print (and --markdown) the table of an earlier run instead of measuring")
     args = p.parse_args(argv)
@@ -318,6 +345,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.html:
+        from bench_client.html_report import pyplot
+
+        pyplot()  # a missing matplotlib fails now, not after an hour of measuring
     if args.render:
         results = json.loads(args.render.read_text())
     else:
@@ -335,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text)
+    if args.html:
+        args.html.parent.mkdir(parents=True, exist_ok=True)
+        args.html.write_text(render_html(results))
     if not args.render:
         print(f"JSON: {args.json}", file=sys.stderr)
     return 0

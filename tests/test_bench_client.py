@@ -272,6 +272,9 @@ def _check_200_clients(server: ServerProcess, tmp_path: Path) -> None:
     lateness_samples = report["send_lateness_s"]["count"] + report["send_lateness_ramp_s"]["count"]
     assert lateness_samples == written
     assert report["send_lateness_s"]["count"] >= 200 * 2  # steady state has its own numbers
+    timeline = report["timeline"]  # what --html draws, second by second
+    assert max(timeline["established"]) == 200 and timeline["open"][-1] == 0
+    assert sum(timeline["messages_written_per_s"]) == pytest.approx(written, abs=1)
 
     def decoded_all() -> bool:
         stats = server.stats()

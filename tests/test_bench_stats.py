@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from bench_client.config import BenchConfig
 from bench_client.metrics import WorkerMetrics, merge_snapshots
 from bench_client.report import ProgressPrinter, RateWindow, build_report, render_table
+from bench_client.timeline import HistogramDelta, Timeline, histogram_from_counts
 from bench_client.stats import (
     EXACT_BELOW,
     RELATIVE_ERROR,
@@ -181,3 +182,40 @@ def test_summary_has_no_empty_ping_rows_when_no_pings_were_asked_for() -> None:
     table = render_table(report)
     assert "pings sent / answered / lost" in table and "12 / 9 / 3" in table
     assert "ping RTT p50 / p99 / max" in table
+
+
+# -- the timeline behind --html ------------------------------------------------------------------
+
+
+def _progress(at: float, written: int, reasons: dict[str, int] | None = None,
+              lateness: dict[int, int] | None = None) -> dict[str, Any]:
+    return {"at": at, "established": 10, "failed": 0, "dropped": 0, "open": 10,
+            "messages_scheduled": written, "messages_written": written,
+            "failure_reasons": reasons or {}, "lateness": lateness or {}, "ping_rtt": {}}
+
+
+def test_timeline_rates_are_exact_when_workers_report_at_their_own_moments() -> None:
+    timeline = Timeline(started_at=100.0)
+    for k in range(1, 11):  # worker 0 at 100.3, 101.3, ...; worker 1 at 100.8, 101.8, ...
+        timeline.add(0, _progress(100.0 + k - 0.7, 300 * (k - 0.7)))
+        timeline.add(1, _progress(100.0 + k - 0.2, 200 * (k - 0.2),
+                                  {"dropped: server closed with 1001": 1} if k >= 5 else None))
+    series = timeline.series(duration=9.0)
+    assert series["t"] == list(range(10))
+    assert series["messages_written_per_s"][2:9] == [500.0] * 7  # 300/s + 200/s, no jitter
+    drops = series["failures_by_reason_per_s"]["dropped: server closed with 1001"]
+    assert sum(drops) == 1 and drops[5] == 1  # worker 1's report at 104.8 lands in second 5
+
+
+def test_histogram_delta_reports_only_what_came_since_the_last_report() -> None:
+    delta = HistogramDelta()
+    histogram = LatencyHistogram()
+    histogram.record_many([0.001, 0.001, 0.010])
+    first = delta.since_last(histogram)
+    assert sum(first.values()) == 3
+    histogram.record(0.010)
+    assert delta.since_last(histogram) == {bucket_index(10_000): 1}
+    fresh = LatencyHistogram()  # the steady state starts a new histogram
+    fresh.record(0.002)
+    assert delta.since_last(fresh) == {bucket_index(2_000): 1}
+    assert histogram_from_counts(first).percentile(50) == pytest.approx(0.001, rel=0.01)
