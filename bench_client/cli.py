@@ -15,7 +15,9 @@ import argparse
 import logging
 import multiprocessing
 import resource
+import shlex
 import signal
+import ssl
 import sys
 import time
 from dataclasses import fields
@@ -26,6 +28,7 @@ from typing import Any, cast
 from bench_client.config import (
     BenchConfig,
     WorkerPlan,
+    client_tls_context,
     parse_source_addrs,
     raise_file_limit,
     resolve,
@@ -33,8 +36,18 @@ from bench_client.config import (
     worker_count,
 )
 from bench_client.errors import ConfigError
+from bench_client.html_report import bench_report_page, pyplot
 from bench_client.metrics import merge_snapshots
-from bench_client.report import ProgressPrinter, build_report, render_table, write_json
+from bench_client.payload import DOCUMENTS
+from bench_client.report import (
+    ProgressPrinter,
+    RateWindow,
+    build_report,
+    render_table,
+    table_rows,
+    write_json,
+)
+from bench_client.timeline import Timeline
 from bench_client.worker import run_worker
 
 logger = logging.getLogger("bench_client")
@@ -49,13 +62,33 @@ FINAL_GRACE = 10.0
 SETTLE_GRACE = 5.0
 
 
+DESCRIPTION = """\
+Load-test a WebSocket server: open --clients connections (TLS with wss://) from several
+processes at up to --ramp per second, send each a JSON document of --size bytes --rate times a
+second for --duration seconds, then close them all. The report counts connections established,
+failed and dropped (by reason), messages scheduled and written, send lateness, ping round trips
+(--ping-sample) and the client's own CPU. Exits 1 when failures exceed --max-failures."""
+
+EPILOG = """\
+example:
+  bench_client --url wss://127.0.0.1:8443/ --cafile certs/ca.pem --clients 5000 --rate 1 \\
+               --warmup 15 --duration 30 --ping-sample 100 --json report.json
+
+Ctrl-C ends the run early and still prints the report; a second Ctrl-C stops at once."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench_client", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="bench_client", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="wss://127.0.0.1:8443/", help="ws:// or wss:// server URL")
     p.add_argument("--clients", type=int, default=100, help="connections to open (default 100)")
     p.add_argument("--rate", type=float, default=1.0,
                    help="messages per client per second; 0 = connect and hold idle (default 1)")
     p.add_argument("--size", type=int, default=10_240, help="message size in bytes (default 10240)")
+    p.add_argument("--document", choices=DOCUMENTS, default="telemetry",
+                   help="the message's shape: telemetry (readings padded with whitespace) or "
+                        "notes (40 readings, a free-text note to --size, site and firmware "
+                        "strings) (default telemetry)")
     p.add_argument("--duration", type=float, default=10.0,
                    help="seconds of steady state once every client has settled (default 10)")
     p.add_argument("--warmup", type=float, default=0.0,
@@ -69,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bind round-robin to these source addresses, e.g. 127.0.0.1-127.0.0.16")
     p.add_argument("--cafile", default=None, help="CA certificate to verify the server with")
     p.add_argument("--insecure", action="store_true", help="do not verify the server certificate")
+    p.add_argument("--cert", default=None, metavar="FILE",
+                   help="client certificate (PEM) for servers that require one (mutual TLS)")
+    p.add_argument("--key", default=None, metavar="FILE", help="the --cert's private key (PEM)")
     p.add_argument("--ping-sample", type=int, default=0, metavar="K",
                    help="K connections ping every second to measure round-trip time")
     p.add_argument("--json", dest="json_path", default=None, metavar="PATH",
@@ -81,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for close replies at the end (default 3)")
     p.add_argument("--inflight", type=int, default=500,
                    help="handshakes in progress per process (default 500)")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="also write a self-contained HTML report with charts to FILE "
+                        "(needs matplotlib: pip install -e '.[report]')")
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -102,6 +141,7 @@ class Runner:
         self.progress: dict[int, dict[str, Any]] = {}
         self.finals: dict[int, dict[str, Any]] = {}
         self.printer = None if quiet else ProgressPrinter(sys.stderr, config.clients)
+        self.written_rate = RateWindow()
         self.stop_signals = 0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -119,6 +159,7 @@ class Runner:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT,
                                                                          signal.SIGTERM)}
         started_at = time.monotonic()
+        self.timeline = Timeline(started_at)
         try:
             for plan in self.plans:
                 parent_end, child_end = ctx.Pipe(duplex=True)
@@ -153,6 +194,8 @@ class Runner:
                         del live[pipe]
                     else:
                         self.progress[index] = message
+                        self.written_rate.add(index, message["at"], message["messages_written"])
+                        self.timeline.add(index, message)
                 now = time.monotonic()
                 if self.stop_signals >= 2:
                     break
@@ -196,7 +239,8 @@ class Runner:
                 if phase == "stop" and now >= final_deadline:
                     break
                 if self.printer is not None and totals is not None:
-                    self.printer.update(now - started_at, totals, phase)
+                    self.printer.update(now - started_at, totals, phase,
+                                        self.written_rate.rate())
         finally:
             for process in processes:
                 if process.is_alive() and process.pid is not None:
@@ -224,8 +268,14 @@ class Runner:
         own = resource.getrusage(resource.RUSAGE_SELF)
         cpu = {"user_s": children.ru_utime + own.ru_utime,
                "system_s": children.ru_stime + own.ru_stime}
-        return build_report(self.config, len(self.plans), merged, started_at, steady_started_at,
-                            stopped_at, ended_at, cpu, self.stop_signals > 0, steady_written)
+        report = build_report(self.config, len(self.plans), merged, started_at,
+                              steady_started_at, stopped_at, ended_at, cpu,
+                              self.stop_signals > 0, steady_written)
+        report["timeline"] = self.timeline.series(ended_at - started_at)
+        if steady_started_at is not None:
+            report["timing"]["steady_from_s"] = steady_started_at - started_at
+            report["timing"]["steady_until_s"] = stopped_at - started_at
+        return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         address = resolve(config)
+        if config.tls:  # what every worker builds: a missing file fails here, once
+            try:
+                client_tls_context(config)
+            except (OSError, ssl.SSLError) as exc:
+                files = [f"--{name} {value}" for name, value in (
+                    ("cafile", config.cafile), ("cert", config.cert), ("key", config.key)) if value]
+                raise ConfigError(f"{', '.join(files)}: {exc}") from None
+        if args.html:
+            pyplot()  # a missing matplotlib fails now, not after the run
     except ConfigError as exc:
         print(f"bench_client: {exc}", file=sys.stderr)
         return 2
@@ -244,4 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(report))
     if config.json_path:
         write_json(report, config.json_path)
+    if args.html:
+        command = shlex.join(["bench_client", *(sys.argv[1:] if argv is None else argv)])
+        with open(args.html, "w", encoding="utf-8") as handle:
+            handle.write(bench_report_page(report, command, table_rows(report)))
     return 0 if report["ok"] else 1

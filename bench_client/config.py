@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from bench_client.errors import ConfigError
+from bench_client.payload import MessageTemplate
 
 # This machine's per-process limit is 20,000 files; keep ~1,000 for the pipe, the selector,
 # Python's own files and headroom.
@@ -25,6 +26,9 @@ class BenchConfig:
     clients: int = 100
     rate: float = 1.0  # messages per client per second; 0 = connect and hold idle
     size: int = 10_240  # the ~10 KB telemetry document of the spec
+    # the document's shape (payload.DOCUMENTS): "telemetry", or "notes" (issue 10's second
+    # shape: 40 readings, a free-text note padding to the size, two strings the struct lacks)
+    document: str = "telemetry"
     duration: float = 10.0  # seconds of steady state, counted once every client has settled
     # seconds between "every client settled" and the steady state, recorded with the ramp: a
     # server that fell behind while handshaking drains its backlog here, not in steady state
@@ -36,6 +40,9 @@ class BenchConfig:
     source_addrs: tuple[str, ...] = ()  # () = let the kernel pick
     cafile: str | None = None
     insecure: bool = False
+    # a client certificate and its key, for servers that require one (mutual TLS)
+    cert: str | None = None
+    key: str | None = None
     ping_sample: int = 0  # connections that ping once a second to measure round-trip time
     json_path: str | None = None
     max_failures: int = 0
@@ -82,6 +89,14 @@ class BenchConfig:
             raise ConfigError("--ping-sample must be between 0 and --clients")
         if self.max_failures < 0:
             raise ConfigError("--max-failures must be >= 0")
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("--cert and --key go together")
+        if self.cert is not None and parts.scheme != "wss":
+            raise ConfigError("--cert needs a wss:// URL")
+        try:
+            MessageTemplate(self.size, self.document)  # what a worker builds: fail here instead
+        except ValueError as exc:
+            raise ConfigError(f"--size/--document: {exc}") from None
 
     @property
     def tls(self) -> bool:
@@ -144,12 +159,14 @@ def resolve(config: BenchConfig) -> tuple[str, int]:
     return str(address[0]), int(address[1])
 
 
-def client_tls_context(cafile: str | None, insecure: bool) -> ssl.SSLContext:
+def client_tls_context(config: BenchConfig) -> ssl.SSLContext:
     """The one factory for the client SSL context."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=config.cafile)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
-    if insecure:
+    if config.cert is not None:
+        context.load_cert_chain(config.cert, config.key)
+    if config.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context

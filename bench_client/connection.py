@@ -43,6 +43,9 @@ from bench_client.transport import Target, connect_result, errno_name, start_con
 logger = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
+# Pings a connection waits for at once (one a second: 8 s without an answer); the oldest is
+# given up on as lost when another is due.
+MAX_PINGS_IN_FLIGHT = 8
 # Large enough to hand several TLS records to OpenSSL per call, small enough to bound the copy.
 WRITE_CHUNK = 65536
 
@@ -102,7 +105,7 @@ class ClientConnection:
         self._deadline: Timer | None = None
         self._send_timer: Timer | None = None
         self._ping_timer: Timer | None = None
-        self._pings_in_flight: dict[int, float] = {}
+        self._pings_in_flight: dict[int, float] = {}  # token -> monotonic time sent
         self._ping_token = 0
         self._handshake: ClientHandshake | None = None
         self._reader = FrameReader()
@@ -138,6 +141,10 @@ class ClientConnection:
         for timer in (self._deadline, self._send_timer, self._ping_timer):
             if timer is not None:
                 timer.cancel()
+        # A pong comes before the server's close reply (it answers in order), so a ping still
+        # unanswered when the connection ends was never going to be answered.
+        for token in list(self._pings_in_flight):
+            self._ping_lost(token)
         if self.sock is not None:
             self.loop.unregister(self.sock.fileno())
             self.sock.close()
@@ -274,13 +281,20 @@ class ClientConnection:
         if self.state is not State.OPEN:
             return
         self._ping_token += 1
-        if len(self._pings_in_flight) >= 8:  # never answered: stop tracking the oldest
-            del self._pings_in_flight[min(self._pings_in_flight)]
+        if len(self._pings_in_flight) >= MAX_PINGS_IN_FLIGHT:
+            self._ping_lost(min(self._pings_in_flight))  # stop waiting for the oldest
         self._pings_in_flight[self._ping_token] = time.monotonic()
         self._queue_control(encode_control(OPCODE_PING, struct.pack("!Q", self._ping_token)))
         self.metrics.pings_sent += 1
         self._flush()
         self._ping_timer = self.loop.call_later(interval, lambda: self._ping_tick(interval))
+
+    def _ping_lost(self, token: int) -> None:
+        """Give up on a ping: count it lost, and record the time it waited as its round trip
+        (a lower bound), so the RTT percentiles show the stall instead of leaving it out."""
+        sent_at = self._pings_in_flight.pop(token)
+        self.metrics.pings_lost += 1
+        self.metrics.ping_rtt.record(time.monotonic() - sent_at)
 
     def _flush(self) -> None:
         sock = self.sock

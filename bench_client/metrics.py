@@ -23,7 +23,8 @@ COUNTER_NAMES = (
     "messages_received",  # data messages the server sent us
     "bytes_written",
     "pings_sent",
-    "pongs_received",
+    "pongs_received",  # pings answered (a pong with the token of a ping we still waited for)
+    "pings_lost",  # pings given up on: 8 newer ones sent, or the connection ended first
 )
 
 
@@ -41,6 +42,7 @@ class WorkerMetrics:
         self.bytes_written = 0
         self.pings_sent = 0
         self.pongs_received = 0
+        self.pings_lost = 0
         self.failure_reasons: Counter[str] = Counter()
         # `lateness` is where sends record; at the start of steady state the worker moves the
         # ramp's samples to `lateness_ramp` and starts `lateness` afresh, so the headline

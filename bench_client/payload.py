@@ -1,18 +1,21 @@
-"""The telemetry document clients send, pre-built once and patched per send.
+"""The documents clients send, pre-built once and patched per send.
 
-How this works: `MessageTemplate` renders one JSON document of exactly `size` bytes in which
-`client_id`, `seq` and `sent_at` are fixed-width fields padded with leading spaces (JSON allows
-whitespace before a value, and forbids leading zeros). A send patches those three slices in place,
+How this works: `MessageTemplate` renders one JSON document of exactly `size` bytes, in one of
+two shapes (`DOCUMENTS`, bench_client's `--document`: the telemetry document, or the notes
+document with prose and extra strings), in which `client_id`, `seq` and `sent_at` are
+fixed-width fields padded with leading spaces (JSON allows whitespace before a value, and
+forbids leading zeros). A send patches those three slices in place,
 masks the bytes with a fresh random key and prepends the frame header (RFC 6455 §5.2, §5.3), so the
 hot path is three slice assignments, one `os.urandom(4)` and one C-speed XOR.
 
-The servers decode it with `webscale.messages.decode_telemetry` (the asyncio twin too, so both do
-the same work per message).
+The servers decode it with webscale's decoder (the twins too, so all do the same work per
+message); the notes document's extra fields are ignored by it.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -74,34 +77,73 @@ def _masked_frame_header(payload_length: int) -> bytes:
     return struct.pack("!BBQ", first, 0x80 | 127, payload_length)
 
 
-class MessageTemplate:
-    """One pre-rendered document of exactly `size` bytes, patched per send."""
+# The second document shape (issue 10): a device's report with prose in it. The readings keep
+# the usual shape (the decoder's work per reading is the same); `note` is free text that pads
+# the document to its size, and `site` and `firmware` are strings the Telemetry struct does not
+# have, which a decoder must accept and ignore.
+NOTES_READINGS = 40
+NOTES_SITE = "plant-7 / hall B / line 3"
+NOTES_FIRMWARE = "2.14.1-rc3+g7f3c9e1"
+_NOTE_WORDS = (
+    "pump", "valve", "pressure", "nominal", "drift", "after", "restart", "operator", "checked",
+    "the", "seal", "on", "inlet", "side", "noise", "within", "limits", "replaced", "filter",
+    "cartridge", "humidity", "rising", "near", "door", "calibration", "due", "next", "week",
+    "no", "alarms", "since", "last", "shift", "fan", "bearing", "sounds", "rough", "logged",
+    "for", "maintenance", "reading", "stable", "sensor", "cable", "reseated", "and", "tested",
+    "ok", "temperature", "spike", "at", "startup", "expected", "cold", "morning", "batch",
+    "finished", "early", "line", "speed", "reduced", "to", "percent", "while", "cleaning",
+)
+DOCUMENTS = ("telemetry", "notes")
 
-    def __init__(self, size: int) -> None:
+
+def note_text(length: int, seed: int = 0) -> str:
+    """`length` characters of plain prose from a fixed vocabulary, the same for the same seed.
+
+    Only letters, digits, spaces and `.,`: nothing JSON would escape, so one character is one
+    byte of the document."""
+    rng = random.Random(seed)
+    words: list[str] = []
+    used = 0
+    sentence = 0
+    while used < length:
+        word = rng.choice(_NOTE_WORDS)
+        if sentence == 0:
+            word = word.capitalize()
+        sentence += 1
+        if sentence >= rng.randint(6, 14):
+            word += rng.choice((".", ".", ","))
+            sentence = 0 if word.endswith(".") else sentence
+        if rng.random() < 0.05:
+            word = f"{word} {rng.randint(2, 950)}"
+        words.append(word)
+        used += len(word) + 1
+    return " ".join(words)[:length].rstrip(" ").ljust(length, ".")
+
+
+class MessageTemplate:
+    """One pre-rendered document of exactly `size` bytes, patched per send.
+
+    `document` picks the shape: "telemetry" (as many readings as fit, padded with whitespace)
+    or "notes" (`NOTES_READINGS` readings, `site`, `firmware`, and a `note` string that pads to
+    the size). Both open with the same fixed-width `client_id`, `seq` and `sent_at` fields."""
+
+    def __init__(self, size: int, document: str = "telemetry", seed: int = 0) -> None:
+        if document not in DOCUMENTS:
+            raise ValueError(f"unknown document {document!r}: one of {', '.join(DOCUMENTS)}")
         if size < MIN_SIZE:
             raise ValueError(f"message size must be at least {MIN_SIZE} bytes, got {size}")
         self.size = size
+        self.document = document
         head = (
             b'{"client_id":' + b" " * CLIENT_ID_WIDTH
             + b',"seq":' + b" " * SEQ_WIDTH
             + b',"sent_at":' + b" " * SENT_AT_WIDTH
-            + b',"readings":['
         )
-        tail = b"]}"
-        body = bytearray(head)
-        index = 0
-        while True:
-            reading = orjson.dumps(_sample_reading(index))
-            separator = b"," if index else b""
-            if len(body) + len(separator) + len(reading) + len(tail) > size:
-                break
-            body += separator + reading
-            index += 1
-        if index == 0:
-            raise ValueError(f"message size {size} leaves no room for a reading")
-        # Pad to the exact size with JSON whitespace between the last reading and the `]`.
-        body += b" " * (size - len(body) - len(tail)) + tail
-        self.readings_count = index
+        if document == "telemetry":
+            body, self.readings_count = _telemetry_body(head, size)
+        else:
+            body, self.readings_count = _notes_body(head, size, seed)
+        assert len(body) == size
         self._document = body
         self._client_id_at = len(b'{"client_id":')
         self._seq_at = self._client_id_at + CLIENT_ID_WIDTH + len(b',"seq":')
@@ -126,34 +168,44 @@ class MessageTemplate:
         return len(self.header) + 4 + self.size
 
 
-# -- the "notes" document (issue 10's second shape) ------------------------------------------
+def _telemetry_body(head: bytes, size: int) -> tuple[bytearray, int]:
+    """The project's own document: as many readings as fit, padded with JSON whitespace."""
+    tail = b"]}"
+    body = bytearray(head + b',"readings":[')
+    index = 0
+    while True:
+        reading = orjson.dumps(_sample_reading(index))
+        separator = b"," if index else b""
+        if len(body) + len(separator) + len(reading) + len(tail) > size:
+            break
+        body += separator + reading
+        index += 1
+    if index == 0:
+        raise ValueError(f"message size {size} leaves no room for a reading")
+    # Pad to the exact size with JSON whitespace between the last reading and the `]`.
+    body += b" " * (size - len(body) - len(tail)) + tail
+    return body, index
 
-NOTES_READINGS = 40
-_NOTE_WORDS = ("sensor", "calibrated", "rack", "north", "door", "opened", "fan", "replaced",
-               "reading", "drift", "checked", "ok", "battery", "low", "firmware", "updated")
+
+def _notes_body(head: bytes, size: int, seed: int) -> tuple[bytearray, int]:
+    """The notes document: fixed readings and strings, then a `note` that pads to the size."""
+    readings = b",".join(orjson.dumps(_sample_reading(i)) for i in range(NOTES_READINGS))
+    body = bytearray(head)
+    body += b',"site":' + orjson.dumps(NOTES_SITE)
+    body += b',"firmware":' + orjson.dumps(NOTES_FIRMWARE)
+    body += b',"readings":[' + readings + b']'
+    body += b',"note":"'
+    tail = b'"}'
+    room = size - len(body) - len(tail)
+    if room < 1:
+        raise ValueError(f"the notes document needs more than {len(body) + len(tail)} bytes, "
+                         f"got {size}")
+    body += note_text(room, seed).encode("ascii") + tail
+    return body, NOTES_READINGS
 
 
 def notes_document(size: int, seed: int) -> bytes:
-    """A document of exactly `size` bytes: 40 readings and a free-text `note` padding it.
-
-    The other shape the servers must decode (issue 10): `client_id`, `seq`, `sent_at` and 40
-    readings of the usual shape (3.6 KB here; the outside harness's were about 4.4 KB), plus
-    top-level strings the Telemetry struct does not have and must ignore: `site`, `firmware`
-    and a `note` of words drawn from `seed` that pads the document to `size`.
-    """
-    import random  # local, so that this function is one self-contained block of the module
-
-    words = random.Random(seed)
-    doc: dict[str, Any] = {
-        "client_id": seed, "seq": seed, "sent_at": 1.7e9 + seed,
-        "site": f"site-{seed % 97:02d}", "firmware": f"2.{seed % 10}.{seed % 7}",
-        "note": "", "readings": [_sample_reading(seed + i) for i in range(NOTES_READINGS)],
-    }
-    room = size - len(orjson.dumps(doc))
-    if room < 0:
-        raise ValueError(f"a notes document needs at least {size - room} bytes, got {size}")
-    note = ""
-    while len(note) < room:
-        note += words.choice(_NOTE_WORDS) + " "
-    doc["note"] = note[:room]  # ASCII words need no escaping: the length is exact
-    return orjson.dumps(doc)
+    """One notes document of exactly `size` bytes whose fields and note text depend on `seed`
+    (benchmarks and tests that want many distinct documents without a client)."""
+    template = MessageTemplate(size, document="notes", seed=seed)
+    return bytes(template.render(seed, seed, 1.7e9 + seed))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import deque
 from typing import Any, TextIO
 
 from bench_client.config import BenchConfig
@@ -15,6 +16,34 @@ HISTOGRAM_NOTE = (
 )
 
 
+class RateWindow:
+    """Messages per second over the last `window` seconds, from the workers' own counts.
+
+    Each worker reports its count with the time it took it, once a second, at its own moment;
+    adding up raw totals between two screen updates therefore jumped between 0 and many times
+    the real rate (a second's worth of every worker's sends lands in one 0.1 s update). Here
+    each worker's rate is its own count difference over its own time difference across the
+    window, and the rates add up."""
+
+    def __init__(self, window: float = 5.0) -> None:
+        self.window = window
+        self._samples: dict[int, deque[tuple[float, int]]] = {}
+
+    def add(self, worker: int, at: float, count: int) -> None:
+        samples = self._samples.setdefault(worker, deque())
+        samples.append((at, count))
+        while len(samples) > 2 and at - samples[1][0] >= self.window:
+            samples.popleft()
+
+    def rate(self) -> float:
+        total = 0.0
+        for samples in self._samples.values():
+            (first_at, first), (last_at, last) = samples[0], samples[-1]
+            if last_at > first_at:
+                total += (last - first) / (last_at - first_at)
+        return total
+
+
 class ProgressPrinter:
     """One updating line on a terminal; a plain line every `every` seconds otherwise."""
 
@@ -24,16 +53,11 @@ class ProgressPrinter:
         self.tty = stream.isatty()
         self.every = every
         self._last_printed = -every
-        self._last_written = 0
-        self._last_at = 0.0
 
-    def update(self, elapsed: float, totals: dict[str, int], phase: str) -> None:
+    def update(self, elapsed: float, totals: dict[str, int], phase: str, rate: float) -> None:
+        """`rate`: messages written per second, smoothed (see RateWindow)."""
         if not self.tty and elapsed - self._last_printed < self.every:
             return
-        interval = elapsed - self._last_at
-        rate = (totals["messages_written"] - self._last_written) / interval if interval > 0 else 0.0
-        self._last_written = totals["messages_written"]
-        self._last_at = elapsed
         self._last_printed = elapsed
         line = (
             f"[{elapsed:7.1f}s] {phase:<8} connections {totals['open']}/{self.clients} open, "
@@ -79,12 +103,14 @@ def build_report(
             "clients": config.clients,
             "rate": config.rate,
             "size": config.size,
+            "document": config.document,
             "duration": config.duration,
             "warmup": config.warmup,
             "ramp": config.ramp,
             "procs": workers,
             "source_addrs": len(config.source_addrs),
             "ping_sample": config.ping_sample,
+            "client_cert": config.cert is not None,
             "max_failures": config.max_failures,
         },
         "connections": {
@@ -106,6 +132,13 @@ def build_report(
             # from the workers' progress reports at the start and end of steady state
             "written_per_s_steady": steady_written / steady
             if steady_written is not None and steady > 0 else None,
+        },
+        "pings": {
+            "sent": merged["pings_sent"],
+            "answered": merged["pongs_received"],
+            # given up on after 8 newer pings, or unanswered when the connection ended; each
+            # is in the RTT percentiles with the time it waited (a lower bound)
+            "lost": merged["pings_lost"],
         },
         "send_lateness_s": lateness.summary(),  # steady state only
         "send_lateness_ramp_s": merged["lateness_ramp"].summary(),
@@ -132,6 +165,13 @@ def _ms(value: float | None) -> str:
 
 
 def render_table(report: dict[str, Any]) -> str:
+    rows = table_rows(report)
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def table_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary as (name, value) rows: the terminal table and the HTML report's."""
     conns = report["connections"]
     msgs = report["messages"]
     late = report["send_lateness_s"]
@@ -143,7 +183,7 @@ def render_table(report: dict[str, Any]) -> str:
     cfg = report["config"]
     rows: list[tuple[str, str]] = [
         ("target", (f"{cfg['url']}  clients={cfg['clients']} rate={cfg['rate']}/s "
-                    f"size={cfg['size']} procs={cfg['procs']}")),
+                    f"size={cfg['size']} document={cfg['document']} procs={cfg['procs']}")),
         ("connections attempted", str(conns["attempted"])),
         ("connections established", f"{conns['established']} / {conns['target']}"),
         ("connections failed", str(conns["failed"])),
@@ -160,13 +200,24 @@ def render_table(report: dict[str, Any]) -> str:
         ("messages written", str(msgs["written"])),
         ("messages/s in steady state", "-" if msgs["written_per_s_steady"] is None
          else f"{msgs['written_per_s_steady']:.0f}"),
-        ("send lateness p50 / p99 / max",
-         f"{_ms(late['p50'])} / {_ms(late['p99'])} / {_ms(late['max'])}  (steady state)"),
-        (f"  {during}", f"{_ms(ramp['p50'])} / {_ms(ramp['p99'])} / {_ms(ramp['max'])}"),
-        (f"ping RTT p50 / p99 / max (n={rtt['count']})",
-         f"{_ms(rtt['p50'])} / {_ms(rtt['p99'])} / {_ms(rtt['max'])}  (steady state)"),
-        (f"  {during} (n={rtt_ramp['count']})",
-         f"{_ms(rtt_ramp['p50'])} / {_ms(rtt_ramp['p99'])} / {_ms(rtt_ramp['max'])}"),
+    ]
+    if cfg["rate"]:  # an idle run (--rate 0) sends nothing to be late with
+        rows += [
+            ("send lateness p50 / p99 / max",
+             f"{_ms(late['p50'])} / {_ms(late['p99'])} / {_ms(late['max'])}  (steady state)"),
+            (f"  {during}", f"{_ms(ramp['p50'])} / {_ms(ramp['p99'])} / {_ms(ramp['max'])}"),
+        ]
+    if cfg["ping_sample"]:  # no empty RTT rows when no pings were asked for
+        pings = report["pings"]
+        rows += [
+            ("pings sent / answered / lost",
+             f"{pings['sent']} / {pings['answered']} / {pings['lost']}"),
+            (f"ping RTT p50 / p99 / max (n={rtt['count']})",
+             f"{_ms(rtt['p50'])} / {_ms(rtt['p99'])} / {_ms(rtt['max'])}  (steady state)"),
+            (f"  {during} (n={rtt_ramp['count']})",
+             f"{_ms(rtt_ramp['p50'])} / {_ms(rtt_ramp['p99'])} / {_ms(rtt_ramp['max'])}"),
+        ]
+    rows += [
         ("client CPU user / system",
          f"{cpu['user_s']:.2f} s / {cpu['system_s']:.2f} s"
          + ("" if cpu["us_per_message"] is None else f"  ({cpu['us_per_message']:.0f} us/msg)")),
@@ -175,8 +226,7 @@ def render_table(report: dict[str, Any]) -> str:
          f"FAILED ({report['failures']} failures > max {cfg['max_failures']})"
          if report["failures"] > cfg["max_failures"] else "INTERRUPTED"),
     ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    return rows
 
 
 def write_json(report: dict[str, Any], path: str) -> None:

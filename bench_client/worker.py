@@ -25,6 +25,7 @@ from bench_client.loop import READ, EventLoop
 from bench_client.metrics import WorkerMetrics
 from bench_client.payload import MessageTemplate
 from bench_client.stats import LatencyHistogram
+from bench_client.timeline import HistogramDelta
 from bench_client.transport import Target
 
 logger = logging.getLogger(__name__)
@@ -65,13 +66,13 @@ class Worker:
         self.pipe = pipe
         self.loop = EventLoop()
         self.metrics = WorkerMetrics()
-        self.template = MessageTemplate(config.size)
+        self.template = MessageTemplate(config.size, config.document)
         self.target = Target(
             host=config.host,
             port=config.port,
             path=config.path,
             address=plan.address,
-            tls=client_tls_context(config.cafile, config.insecure) if config.tls else None,
+            tls=client_tls_context(config) if config.tls else None,
             handshake_timeout=config.handshake_timeout,
         )
         self.connections: dict[int, ClientConnection] = {}
@@ -80,6 +81,8 @@ class Worker:
         self.stop_requested = False
         self.ramp_started_at = 0.0
         self.grid_origin = 0.0
+        self._lateness_delta = HistogramDelta()
+        self._ping_rtt_delta = HistogramDelta()
 
     # -- ramp ---------------------------------------------------------------------------------
 
@@ -145,6 +148,7 @@ class Worker:
         return {
             "type": "progress",
             "worker": self.plan.index,
+            "at": time.monotonic(),  # when these counts were taken (one clock for all workers)
             "attempted": m.attempted,
             "established": m.established,
             "failed": m.failed,
@@ -154,6 +158,11 @@ class Worker:
             "messages_scheduled": m.messages_scheduled,
             "settled": self.settled,
             "last_established_at": m.last_established_at,
+            # for the timeline (timeline.py): reasons so far, and what each latency histogram
+            # gained since the last report
+            "failure_reasons": dict(m.failure_reasons),
+            "lateness": self._lateness_delta.since_last(m.lateness),
+            "ping_rtt": self._ping_rtt_delta.since_last(m.ping_rtt),
         }
 
     def _report_progress(self) -> None:
@@ -178,6 +187,7 @@ class Worker:
         self._report_progress()
         self.loop.run_until(lambda: self.stop_requested)
         self._close_all()
+        self._send(self._progress())  # the timeline's last point: after the closes
         final = self.metrics.snapshot()
         final["type"] = "final"
         final["worker"] = self.plan.index

@@ -6,7 +6,11 @@ limit), records the server's RSS (the whole process tree, from /proc) before any
 runs bench_client with N clients at `--rate 0` (connect, upgrade, hold; the server's keepalive
 pings are answered) from P processes bound round-robin to several loopback source addresses so
 no address runs out of ephemeral ports. Once the server's /metrics count N open WebSockets it
-samples RSS again: per connection = (loaded - idle) / N. Prints a summary and writes JSON.
+samples RSS again: per connection = (loaded - idle) / N. The CPU the connects cost is sampled
+over one interval for both sides, from the moment bench_client starts to the poll that saw every
+connection open (`connect_window_s`): server and client CPU (each a whole process tree, from
+/proc) over that same interval, so together they never exceed cores x window. Prints a summary
+and writes JSON.
 
     python benchmarks/hold_idle.py --clients 100000 --workers 6 --bench-procs 6
     python benchmarks/hold_idle.py --clients 2000 --workers 1 --bench-procs 1 --hold 5   # quick
@@ -89,13 +93,13 @@ def main() -> int:
                 raise SystemExit("workers did not all report in /metrics")
             time.sleep(0.5)
         rss_idle = tree_rss_bytes(proc.pid)
-        cpu0 = tree_cpu_seconds(proc.pid)
         argv = [sys.executable, "-m", "bench_client", "--url", f"wss://127.0.0.1:{port}/",
                 "--cafile", str(certs.ca_cert), "--clients", str(args.clients), "--rate", "0",
                 "--duration", str(args.hold), "--ramp", str(args.ramp),
                 "--procs", str(args.bench_procs), "--source-addrs", args.source_addrs,
                 "--handshake-timeout", str(args.handshake_timeout), "--quiet",
                 "--json", str(bench_json)]
+        server_cpu0 = tree_cpu_seconds(proc.pid)
         started = time.monotonic()
         bench = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
         peak: dict[str, int] = {}
@@ -104,19 +108,29 @@ def main() -> int:
             if sum(counts.values()) > sum(peak.values()):
                 peak = counts
             if sum(counts.values()) >= args.clients:
-                result["server_saw_all_open_after_s"] = round(time.monotonic() - started, 1)
-                time.sleep(3)  # let the last handshakes' buffers settle before sampling
+                # Both sides' CPU at the same moment, over the same interval as the time.
+                window = time.monotonic() - started
+                server_cpu = tree_cpu_seconds(proc.pid) - server_cpu0
+                client_cpu = tree_cpu_seconds(bench.pid)  # its processes started at `started`
+                result.update({
+                    "server_saw_all_open_after_s": round(window, 1),
+                    "connect_window_s": round(window, 2),
+                    "server_cpu_s_in_window": round(server_cpu, 2),
+                    "client_cpu_s_in_window": round(client_cpu, 2),
+                    "cpu_share_of_the_box": round((server_cpu + client_cpu)
+                                                  / (window * (os.cpu_count() or 1)), 2),
+                    "client_rss_mb": round(tree_rss_bytes(bench.pid) / 2**20, 1),
+                })
+                time.sleep(3)  # let the last handshakes' buffers settle before sampling RSS
                 rss_loaded = tree_rss_bytes(proc.pid)
                 result.update({
                     "server_rss_idle_mb": round(rss_idle / 2**20, 1),
                     "server_rss_loaded_mb": round(rss_loaded / 2**20, 1),
                     "server_rss_per_conn_kb": round((rss_loaded - rss_idle) / args.clients
                                                     / 1024, 1),
-                    "client_rss_mb": round(tree_rss_bytes(bench.pid) / 2**20, 1),
-                    "server_cpu_s_to_here": round(tree_cpu_seconds(proc.pid) - cpu0, 1),
                 })
                 break
-            time.sleep(1)
+            time.sleep(0.25)
         result["open_per_worker_peak"] = peak
         bench.wait(timeout=args.hold + args.clients / args.ramp + 600)
         result["bench_exit"] = bench.returncode

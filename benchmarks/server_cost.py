@@ -1,16 +1,24 @@
 #!/usr/bin/env python3
 """Server CPU per message and memory under the workload, measured from outside the server.
 
-Starts a server (webscale, or the asyncio twin for comparison), drives it with bench_client
-(N clients, one ~10 KB JSON message per client per second by default), and once every client is
-connected measures over a steady-state window:
-  - server CPU (user+system from /proc for the server's whole process tree) per decoded message
-  - messages decoded per second (the server's own /stats) against messages sent
+Starts a server (webscale, the asyncio twin or the picows twin), drives it with bench_client
+(N clients, one ~10 KB JSON message per client per second by default, `--document` either shape),
+and once every client is connected measures over a steady-state window:
+  - server CPU (user+system from /proc for the server's whole process tree) per decoded message,
+    and as a share of one core (the idle row: `--rate 0`)
+  - messages decoded per second (the server's own counters) against messages offered
   - server RSS (whole tree) and RSS per connection minus the idle baseline
 The numbers are printed and written as JSON. Linux only (/proc).
 
+The decoded rate is exact with `--workers` too: every count is paired with the uptime the same
+process reported it at (one /stats, or each worker's series in /metrics, whose other workers'
+values are snapshots up to a second old), so each process's rate is its own count over its own
+interval, and the end of the window is read again until every worker's snapshot covers at least
+90% of the window.
+
     python benchmarks/server_cost.py --server webscale --clients 2000 --window 20
-    python benchmarks/server_cost.py --server twin --clients 2000
+    python benchmarks/server_cost.py --server picows --clients 2000 --document notes
+    python benchmarks/server_cost.py --server twin --clients 5000 --rate 0   # idle CPU, memory
 """
 
 from __future__ import annotations
@@ -18,18 +26,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import signal
 import ssl
 import subprocess
 import sys
 import time
 import urllib.request
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_client.payload import DOCUMENTS  # noqa: E402
 from webscale.certs import ensure_certs  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -82,47 +93,101 @@ def tree_rss_bytes(root: int) -> int:
     return total
 
 
-def get_stats(port: int, ctx: ssl.SSLContext, attempts: int = 3) -> dict:
-    """The server's /stats; an overloaded server (the twin at 5,000 clients) may take a while.
+SERVERS = {  # name -> the module run as `python -m MODULE [ARGS]`
+    "webscale": ["webscale", "serve"],
+    "twin": ["bench_client.asyncio_twin"],
+    "picows": ["bench_client.picows_twin"],
+}
 
-    With `--workers N` one /stats answer is one worker's, so the counters used here are summed
-    from /metrics instead, whose series cover every worker (each up to a second old)."""
+
+def get_json(port: int, ctx: ssl.SSLContext, path: str, attempts: int = 3) -> Any:
+    """GET a JSON path; an overloaded server (the twin at 5,000 clients) may take a while."""
     for attempt in range(attempts):
         try:
-            with urllib.request.urlopen(f"https://127.0.0.1:{port}/stats", context=ctx,
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=ctx,
                                         timeout=30) as r:
-                stats = json.load(r)
-            if stats.get("worker") is not None:
-                stats.update(_summed_metrics(port, ctx))
-            return stats  # type: ignore[no-any-return]
+                return json.load(r)
         except OSError:
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
 
 
+def get_stats(port: int, ctx: ssl.SSLContext) -> dict:
+    """The server's /stats (with `--workers N`, the answering worker's only)."""
+    return get_json(port, ctx, "/stats")  # type: ignore[no-any-return]
+
+
 _METRIC_KEYS = {"webscale_messages_decoded_total": "messages_decoded",
                 "webscale_messages_received_total": "messages_received",
                 "webscale_connections_accepted_total": "connections_total",
-                "webscale_messages_in_flight": "in_flight"}
+                "webscale_messages_in_flight": "in_flight",
+                "webscale_uptime_seconds": "uptime"}
+COUNTER_NAMES = ("messages_decoded", "messages_received", "connections_total", "in_flight")
 
 
-def _summed_metrics(port: int, ctx: ssl.SSLContext) -> dict:
+def read_counters(port: int, ctx: ssl.SSLContext) -> tuple[dict[str, dict[str, float]], dict]:
+    """Per process, its counters and the uptime they were taken at; and the /stats answer.
+
+    One process: {"0": ...} from /stats. With `--workers N`: one entry per worker from
+    /metrics, where each worker's series come from one snapshot with its uptime."""
+    stats = get_stats(port, ctx)
+    if stats.get("worker") is None:
+        one = {name: float(stats.get(name) or 0) for name in COUNTER_NAMES}
+        one["uptime"] = float(stats.get("uptime_seconds") or 0)
+        return {"0": one}, stats
     with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=ctx,
                                 timeout=30) as r:
         text = r.read().decode()
-    sums = dict.fromkeys(_METRIC_KEYS.values(), 0)
+    workers: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
         if name in _METRIC_KEYS:
-            sums[_METRIC_KEYS[name]] += int(float(line.rsplit(" ", 1)[1]))
-    return sums
+            worker = line.partition('worker="')[2].partition('"')[0] or "0"
+            values = workers.setdefault(worker, dict.fromkeys([*COUNTER_NAMES, "uptime"], 0.0))
+            values[_METRIC_KEYS[name]] += float(line.rsplit(" ", 1)[1])
+    return workers, stats
+
+
+def total(counters: dict[str, dict[str, float]], name: str) -> float:
+    return sum(values[name] for values in counters.values())
+
+
+def window_rate(start: dict[str, dict[str, float]], end: dict[str, dict[str, float]],
+                name: str) -> float:
+    """Sum over processes of (count at end - count at start) / (its uptime at end - at start)."""
+    rate = 0.0
+    for worker, values in end.items():
+        before = start.get(worker)
+        if before is None or values["uptime"] <= before["uptime"]:
+            continue  # a restarted worker, or no newer snapshot: counted by covers_window
+        rate += (values[name] - before[name]) / (values["uptime"] - before["uptime"])
+    return rate
+
+
+def covers_window(start: dict[str, dict[str, float]], end: dict[str, dict[str, float]],
+                  elapsed: float, share: float = 0.9) -> bool:
+    """Every process's snapshots at both ends span at least `share` of the window."""
+    return set(start) <= set(end) and all(
+        end[w]["uptime"] - start[w]["uptime"] >= share * elapsed for w in start)
+
+
+def read_window_end(port: int, ctx: ssl.SSLContext, start: dict[str, dict[str, float]],
+                    elapsed: float, wait: float = 5.0) -> tuple[dict[str, dict[str, float]], dict]:
+    """Read the counters until every worker's snapshot covers the window (a worker publishes
+    once a second), or give up after `wait` seconds (the caller reports it)."""
+    deadline = time.monotonic() + wait
+    while True:
+        end, stats = read_counters(port, ctx)
+        if covers_window(start, end, elapsed) or time.monotonic() >= deadline:
+            return end, stats
+        time.sleep(0.1)
 
 
 def start_server(kind: str, certs: Path, extra: list[str],
                  switch_interval: float | None = None) -> tuple[subprocess.Popen[str], int]:
-    module = "webscale" if kind == "webscale" else "bench_client.asyncio_twin"
-    argv = [sys.executable, "-m", module] + (["serve"] if kind == "webscale" else [])
+    module, *subcommand = SERVERS[kind]
+    argv = [sys.executable, "-m", module, *subcommand]
     preamble = os.environ.get("SERVER_PREAMBLE", "")
     if switch_interval is not None:
         preamble += f"; import sys; sys.setswitchinterval({switch_interval})"
@@ -149,16 +214,18 @@ def start_server(kind: str, certs: Path, extra: list[str],
 def run_point(server: str = "webscale", clients: int = 2000, rate: float = 1.0,
               size: int = 10240, window: float = 20.0, settle: float = 3.0, ramp: int = 2000,
               ping_sample: int = 50, server_args: list[str] | None = None,
-              switch_interval: float | None = None, bench_procs: int | None = None) -> dict:
+              switch_interval: float | None = None, bench_procs: int | None = None,
+              document: str = "telemetry") -> dict:
     """One measurement: start the server, load it, measure a steady-state window, stop both."""
     certs = ensure_certs(ROOT / "certs")
     ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
     proc, port = start_server(server, certs.ca_cert.parent, server_args or [], switch_interval)
     bench_json = Path(f"/tmp/server_cost_bench_{os.getpid()}.json")
-    result: dict = {"server": server, "clients": clients, "rate": rate}
+    result: dict = {"server": server, "clients": clients, "rate": rate, "document": document,
+                    "server_args": server_args or []}
     try:
         return _measure(proc, port, ctx, certs.ca_cert, bench_json, result, clients, rate, size,
-                        window, settle, ramp, ping_sample, bench_procs)
+                        window, settle, ramp, ping_sample, bench_procs, document)
     except OSError as exc:
         result["error"] = f"server stopped answering /stats: {exc}"
         return result
@@ -191,7 +258,7 @@ def read_bench_report(path: Path, keys: tuple[str, ...]) -> dict | None:
 def _measure(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, cafile: Path,
              bench_json: Path, result: dict, clients: int, rate: float, size: int,
              window: float, settle: float, ramp: int, ping_sample: int,
-             bench_procs: int | None) -> dict:
+             bench_procs: int | None, document: str) -> dict:
     bench = None
     try:
         time.sleep(0.5)
@@ -201,7 +268,8 @@ def _measure(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, cafile
         # report then cover the measured window, not the backlog the handshakes left behind.
         argv = [sys.executable, "-m", "bench_client", "--url", f"wss://127.0.0.1:{port}/",
                 "--cafile", str(cafile), "--clients", str(clients), "--rate", str(rate),
-                "--size", str(size), "--duration", str(duration), "--ramp", str(ramp),
+                "--size", str(size), "--document", document,
+                "--duration", str(duration), "--ramp", str(ramp),
                 "--warmup", str(settle),
                 "--ping-sample", str(ping_sample), "--quiet", "--json", str(bench_json)]
         if bench_procs:
@@ -209,7 +277,7 @@ def _measure(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, cafile
         bench = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
         t_start = time.monotonic()
         # >= clients: webscale also counts the /stats request itself, the twin does not.
-        while get_stats(port, ctx)["connections_total"] < clients:
+        while total(read_counters(port, ctx)[0], "connections_total") < clients:
             if time.monotonic() - t_start > 180 or bench.poll() is not None:
                 result["error"] = "clients did not all connect"
                 break
@@ -220,7 +288,8 @@ def _measure(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, cafile
     finally:
         stop(bench, signal.SIGINT, 90)
     report = read_bench_report(bench_json, (
-        "ping_rtt_s", "ping_rtt_ramp_s", "send_lateness_s", "connections", "messages", "cpu"))
+        "ping_rtt_s", "ping_rtt_ramp_s", "pings", "send_lateness_s", "connections", "messages",
+        "cpu"))
     if report is not None:
         result["bench"] = report
     return result
@@ -230,41 +299,66 @@ def _window(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, result:
             clients: int, rate: float, window: float, settle: float, rss_idle: int,
             connected_in: float) -> None:
     time.sleep(settle)
-    s0, c0, t0 = get_stats(port, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
-    th0 = thread_cpu_seconds(proc.pid)
+    w0, _ = read_counters(port, ctx)
+    c0, t0, th0 = tree_cpu_seconds(proc.pid), time.monotonic(), thread_cpu_seconds(proc.pid)
     time.sleep(window)
     rss_loaded = tree_rss_bytes(proc.pid)
-    s1, c1, t1 = get_stats(port, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
-    th1 = thread_cpu_seconds(proc.pid)
-    decoded = s1["messages_decoded"] - s0["messages_decoded"]
-    received = s1["messages_received"] - s0["messages_received"]
+    c1, t1, th1 = tree_cpu_seconds(proc.pid), time.monotonic(), thread_cpu_seconds(proc.pid)
     elapsed = t1 - t0
+    w1, s1 = read_window_end(port, ctx, w0, elapsed)
+    if not covers_window(w0, w1, elapsed):
+        result["error"] = "a worker's counters did not cover the window (stale or restarted)"
+    decoded_per_s = window_rate(w0, w1, "messages_decoded")
+    decoded = decoded_per_s * elapsed  # over the CPU's window, at each process's exact rate
+
+    def per_msg(seconds: float) -> float | None:
+        return round(1e6 * seconds / decoded, 1) if decoded >= 1 else None
+
     result.update({
         "window_s": round(elapsed, 2), "connect_all_s": round(connected_in, 2),
         "offered_msgs_per_s": clients * rate,
-        "decoded_msgs_per_s": round(decoded / elapsed, 1),
-        "received_msgs_per_s": round(received / elapsed, 1),
-        "server_cpu_percent": round(100 * (c1 - c0) / elapsed, 1),
-        "server_cpu_us_per_msg": round(1e6 * (c1 - c0) / max(decoded, 1), 1),
-        "main_thread_cpu_us_per_msg": round(1e6 * (th1["loop"] - th0["loop"])
-                                            / max(decoded, 1), 1),
-        "other_threads_cpu_us_per_msg": round(1e6 * (th1["others"] - th0["others"])
-                                              / max(decoded, 1), 1),
+        "decoded_msgs_per_s": round(decoded_per_s, 1),
+        "received_msgs_per_s": round(window_rate(w0, w1, "messages_received"), 1),
+        "server_cpu_percent": round(100 * (c1 - c0) / elapsed, 2),
+        "server_cpu_us_per_msg": per_msg(c1 - c0),
+        "main_thread_cpu_us_per_msg": per_msg(th1["loop"] - th0["loop"]),
+        "other_threads_cpu_us_per_msg": per_msg(th1["others"] - th0["others"]),
         "rss_idle_mb": round(rss_idle / 2**20, 1),
         "rss_loaded_mb": round(rss_loaded / 2**20, 1),
         "rss_per_conn_kb": round((rss_loaded - rss_idle) / clients / 1024, 1),
-        "in_flight_end": s1.get("in_flight"),
+        "server_processes": len(w1),
+        "in_flight_end": total(w1, "in_flight"),
         "loop_iteration_s": s1.get("loop_lag_seconds"),
         "paused_connections_end": s1.get("paused_connections"),
     })
 
 
+def machine_description() -> dict[str, Any]:
+    """What a published number needs next to it: the machine and the software versions."""
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+                 platform.machine())
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    versions = {}
+    for dist in ("websockets", "wsproto", "orjson", "picows", "uvloop"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"cpu": model, "cpus": os.cpu_count(), "memory_gib": round(mem_kb / 2**20),
+            "kernel": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "openssl": ssl.OPENSSL_VERSION,
+            "versions": versions}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--server", choices=["webscale", "twin"], default="webscale")
+    p.add_argument("--server", choices=sorted(SERVERS), default="webscale")
     p.add_argument("--clients", type=int, default=2000)
-    p.add_argument("--rate", type=float, default=1.0)
+    p.add_argument("--rate", type=float, default=1.0, help="per client; 0 = connected, idle")
     p.add_argument("--size", type=int, default=10240)
+    p.add_argument("--document", choices=DOCUMENTS, default="telemetry",
+                   help="the message's shape (bench_client --document)")
     p.add_argument("--window", type=float, default=20.0, help="seconds measured")
     p.add_argument("--settle", type=float, default=3.0, help="seconds after connecting")
     p.add_argument("--ramp", type=int, default=2000)
@@ -276,7 +370,7 @@ def main() -> int:
     args = p.parse_args()
     result = run_point(args.server, args.clients, args.rate, args.size, args.window, args.settle,
                        args.ramp, args.ping_sample, args.server_args, args.switch_interval,
-                       args.bench_procs)
+                       args.bench_procs, args.document)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -101,6 +101,7 @@ class ServerProcess:
 
 WEBSCALE = ["-m", "webscale", "serve"]
 TWIN = ["-m", "bench_client.asyncio_twin"]
+PICOWS_TWIN = ["-m", "bench_client.picows_twin"]
 
 
 def start_server(args: list[str], *, certs: Path | None, tmp_path: Path,

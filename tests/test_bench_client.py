@@ -7,12 +7,14 @@ a subprocess with `--json`, and check its report against the server's own /stats
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,15 @@ from typing import Any
 import orjson
 import pytest
 
-from helpers import TWIN, UNIT, ServerProcess, start_server, wait_for
+from helpers import (
+    PICOWS_TWIN,
+    TWIN,
+    UNIT,
+    ServerProcess,
+    client_ssl_context,
+    start_server,
+    wait_for,
+)
 from bench_client.config import BenchConfig, parse_source_addrs, split_plans, worker_count
 from bench_client.errors import ConfigError, FrameError, HandshakeError
 from bench_client.payload import (
@@ -81,6 +91,34 @@ def test_write_frame_is_a_masked_text_frame_that_unmasks_to_the_document() -> No
     second = bytearray()
     template.write_frame(second, 3, 4, 5.5)
     assert second[4:8] != out[4:8] or second[8:] != out[8:]  # a fresh key per frame
+
+
+@pytest.mark.parametrize("size", [6000, 10_240, 65_536])
+def test_notes_document_has_the_second_shape_and_decodes(size: int) -> None:
+    template = MessageTemplate(size, "notes")
+    document = bytes(template.render(client_id=42, seq=7, sent_at=1_700_000_000.25))
+    assert len(document) == size
+    raw = orjson.loads(document)
+    assert set(raw) == {"client_id", "seq", "sent_at", "site", "firmware", "readings", "note"}
+    assert isinstance(raw["site"], str) and isinstance(raw["firmware"], str)
+    assert len(raw["readings"]) == template.readings_count == 40
+    note = raw["note"]
+    assert len(note) > size // 3  # the note pads the document, whatever the size
+    words = note.replace(".", " ").replace(",", " ").split()
+    assert len(set(words)) >= 40  # prose, not one repeated character
+    assert max(len(w) for w in words) < 20
+    # webscale's decoder takes it as telemetry and ignores the fields its struct lacks
+    telemetry = decode_telemetry(document)
+    assert (telemetry.client_id, telemetry.seq, telemetry.sent_at) == (42, 7, 1_700_000_000.25)
+    assert len(telemetry.readings) == 40
+    second = bytes(template.render(9_999_999_999, 8, 1.0))
+    assert orjson.loads(second)["note"] == note  # only the fixed fields change per send
+
+
+def test_a_size_too_small_for_the_notes_document_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="notes document needs more than"):
+        BenchConfig(url="wss://127.0.0.1:1/", size=1000, document="notes")
+    BenchConfig(url="wss://127.0.0.1:1/", size=1000)  # the telemetry shape fits
 
 
 def test_pure_python_mask_matches_the_c_one() -> None:
@@ -234,6 +272,9 @@ def _check_200_clients(server: ServerProcess, tmp_path: Path) -> None:
     lateness_samples = report["send_lateness_s"]["count"] + report["send_lateness_ramp_s"]["count"]
     assert lateness_samples == written
     assert report["send_lateness_s"]["count"] >= 200 * 2  # steady state has its own numbers
+    timeline = report["timeline"]  # what --html draws, second by second
+    assert max(timeline["established"]) == 200 and timeline["open"][-1] == 0
+    assert sum(timeline["messages_written_per_s"]) == pytest.approx(written, abs=1)
 
     def decoded_all() -> bool:
         stats = server.stats()
@@ -253,6 +294,14 @@ def _check_200_clients(server: ServerProcess, tmp_path: Path) -> None:
 
 def test_200_clients_against_the_asyncio_twin(twin: ServerProcess, tmp_path: Path) -> None:
     _check_200_clients(twin, tmp_path)
+
+
+def test_200_clients_against_the_picows_twin(certs: Path, tmp_path: Path) -> None:
+    server = start_server([], certs=certs, tmp_path=tmp_path, command=PICOWS_TWIN)
+    try:
+        _check_200_clients(server, tmp_path)
+    finally:
+        server.stop()
 
 
 def test_200_clients_against_webscale(webscale: ServerProcess, tmp_path: Path) -> None:
@@ -277,6 +326,21 @@ def test_warmup_keeps_its_samples_out_of_steady_state(webscale: ServerProcess,
     assert report["send_lateness_ramp_s"]["count"] >= 10 * 4
     assert report["send_lateness_s"]["count"] <= 10 * 2 * 2 + 10
     assert 1.9 <= report["timing"]["steady_state_s"] <= 2.5 * UNIT
+
+
+def test_notes_documents_are_decoded_by_webscale(webscale: ServerProcess,
+                                                 tmp_path: Path) -> None:
+    before = webscale.stats()
+    rc, report, output = run_bench(
+        tmp_path, "--url", webscale.url, "--cafile", str(webscale.cafile), "--clients", "10",
+        "--rate", "2", "--duration", "1", "--procs", "1", "--document", "notes")
+    assert rc == 0, output
+    assert report["config"]["document"] == "notes" and "document=notes" in output
+    written = report["messages"]["written"]
+    assert written >= 10 * 2
+    wait_for(lambda: webscale.stats()["messages_decoded"] - before["messages_decoded"]
+             == written, 10, what="every notes document decoded")
+    assert webscale.stats()["decode_errors"] == before["decode_errors"]
 
 
 def test_plain_ws_from_several_source_addresses(tmp_path: Path) -> None:
@@ -345,3 +409,152 @@ def test_a_server_that_never_answers_times_out_every_handshake(tmp_path: Path) -
     assert rc == 1, output
     assert report["connections"]["failed_by_reason"] == {"timeout: tls_handshake": 5}
     assert took < 10 * UNIT
+
+
+def test_a_missing_cafile_is_one_clear_error(tmp_path: Path) -> None:
+    rc, _, output = run_bench(tmp_path, "--url", "wss://127.0.0.1:1/", "--cafile",
+                              str(tmp_path / "absent.pem"), "--clients", "1")
+    assert rc == 2
+    assert f"bench_client: --cafile {tmp_path / 'absent.pem'}: [Errno 2]" in output
+    assert "Traceback" not in output
+
+
+def test_help_is_written_for_users() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench_client", "--help"], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                            text=True, timeout=30 * UNIT, check=True)
+    assert "fork the workers" not in result.stdout  # the module docstring is for maintainers
+    assert result.stdout.startswith("usage: bench_client")
+    assert "Load-test a WebSocket server" in result.stdout
+    assert "example:\n  bench_client --url wss://127.0.0.1:8443/" in result.stdout
+
+
+def _serve_one_upgrade_then_read_forever(listener: socket.socket) -> None:
+    """A WebSocket server that upgrades one client, then reads and never answers anything."""
+    conn, _ = listener.accept()
+    with conn:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_token(key)
+                     + b"\r\n\r\n")
+        while conn.recv(65536):
+            pass
+
+
+def test_unanswered_pings_are_reported_lost_with_their_wait(tmp_path: Path) -> None:
+    # One connection pings once a second for 9.5 s against a server that never answers: the
+    # ninth ping gives up on the first (8 outstanding at most), and the rest are lost when the
+    # connection ends. Each lost ping is an RTT sample of the time it waited.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = threading.Thread(target=_serve_one_upgrade_then_read_forever, args=(listener,),
+                                  daemon=True)
+        server.start()
+        port = listener.getsockname()[1]
+        rc, report, output = run_bench(tmp_path, "--url", f"ws://127.0.0.1:{port}/",
+                                       "--clients", "1", "--rate", "0", "--ping-sample", "1",
+                                       "--duration", "9.5", "--close-timeout", "0.5",
+                                       "--procs", "1")
+        server.join(10 * UNIT)
+    assert rc == 0, output
+    pings = report["pings"]
+    assert pings["sent"] >= 9
+    assert pings["answered"] == 0
+    assert pings["lost"] == pings["sent"]
+    rtt = report["ping_rtt_s"]
+    assert rtt["count"] + report["ping_rtt_ramp_s"]["count"] == pings["lost"]
+    assert rtt["max"] >= 8.0  # the first ping, given up on after 8 newer ones
+    assert f"{pings['sent']} / 0 / {pings['lost']}" in output
+
+
+# -- mutual TLS: bench_client's client certificate, the twins' --client-ca ------------------------
+
+
+def _issue_client_cert(out: Path, name: str, ca_dir: Path | None) -> tuple[Path, Path]:
+    """A client certificate (CN=name, clientAuth) signed by the CA in `ca_dir` (ca.pem, ca.key),
+    or by a throwaway CA of its own when `ca_dir` is None."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    if ca_dir is None:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "another CA")])
+    else:
+        loaded = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        ca_key = loaded
+        ca_name = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes()).subject
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_path, key_path = out / f"{name}.pem", out / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("command", [TWIN, PICOWS_TWIN], ids=["asyncio", "picows"])
+def test_client_certificates_against_a_twin_that_requires_them(
+        command: list[str], certs: Path, tmp_path: Path) -> None:
+    server = start_server(["--client-ca", str(certs / "ca.pem")], certs=certs,
+                          tmp_path=tmp_path, command=command)
+    try:
+        common = ["--url", server.url, "--cafile", str(server.cafile), "--clients", "5",
+                  "--rate", "2", "--duration", "1", "--procs", "1"]
+        cert, key = _issue_client_cert(tmp_path, "device-1", certs)
+        rc, report, output = run_bench(tmp_path, *common, "--cert", str(cert), "--key", str(key))
+        assert rc == 0, output
+        assert report["connections"]["established"] == 5
+        assert report["config"]["client_cert"] is True
+        written = report["messages"]["written"]
+
+        def decoded() -> int:  # /stats too needs the client certificate now
+            context = client_ssl_context(certs / "ca.pem")
+            context.load_cert_chain(cert, key)
+            conn = http.client.HTTPSConnection(server.host, server.port, context=context,
+                                               timeout=5 * UNIT)
+            try:
+                conn.request("GET", "/stats")
+                return int(json.loads(conn.getresponse().read())["messages_decoded"])
+            finally:
+                conn.close()
+
+        wait_for(lambda: decoded() == written, 10, what="every message decoded")
+
+        for label, extra in (("none", []), ("another CA", list(map(str, _issue_client_cert(
+                tmp_path, "stranger", None))))):
+            flags = ["--cert", extra[0], "--key", extra[1]] if extra else []
+            rc, report, output = run_bench(tmp_path, *common, "--max-failures", "5", *flags)
+            conns = report["connections"]
+            assert conns["established"] == 0, (label, output)
+            assert conns["failed"] == 5, (label, output)
+            assert all(reason.startswith(("tls:", "handshake:"))
+                       for reason in conns["failed_by_reason"]), (label, conns)
+    finally:
+        server.stop()
+
+
+def test_cert_without_key_or_on_plain_ws_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="--cert and --key go together"):
+        BenchConfig(url="wss://127.0.0.1:1/", cert="c.pem")
+    with pytest.raises(ConfigError, match="needs a wss:// URL"):
+        BenchConfig(url="ws://127.0.0.1:1/", cert="c.pem", key="k.pem")

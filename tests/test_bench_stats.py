@@ -1,12 +1,19 @@
-"""bench_client's statistics: exact percentiles, and the histogram's bounded error and merging."""
+"""bench_client's statistics: exact percentiles, the histogram's bounded error and merging, the
+live rate, and what the summary shows."""
 
 from __future__ import annotations
+
+import io
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench_client.config import BenchConfig
 from bench_client.metrics import WorkerMetrics, merge_snapshots
+from bench_client.report import ProgressPrinter, RateWindow, build_report, render_table
+from bench_client.timeline import HistogramDelta, Timeline, histogram_from_counts
 from bench_client.stats import (
     EXACT_BELOW,
     RELATIVE_ERROR,
@@ -122,3 +129,93 @@ def test_worker_snapshots_merge_counters_and_reasons() -> None:
     assert merged["lateness"].count == 2
     assert merged["lateness"].max_seconds() == pytest.approx(0.003)
     assert merged["first_attempt_at"] == 4.0
+
+
+# -- the live rate and the report's rows --------------------------------------------------------
+
+
+def test_live_rate_is_smooth_when_workers_report_once_a_second_at_their_own_moments() -> None:
+    # Two workers writing 500 messages/s each, reporting once a second, half a second apart;
+    # the screen is redrawn every 0.1 s. Raw totals between redraws read 0 or ~5,000/s.
+    window = RateWindow(window=5.0)
+    rates = []
+    for tick in range(1, 201):  # 20 s of redraws
+        now = tick / 10
+        for worker, offset in ((0, 0.0), (1, 0.5)):
+            if tick % 10 == int(offset * 10):
+                window.add(worker, now, int(500 * now))
+        if now >= 2:
+            rates.append(window.rate())
+    assert min(rates) == pytest.approx(1000, rel=0.01)
+    assert max(rates) == pytest.approx(1000, rel=0.01)
+
+
+def test_progress_line_prints_the_rate_it_is_given() -> None:
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, clients=10, every=1.0)
+    totals = {"open": 10, "established": 10, "failed": 0, "dropped": 0, "messages_written": 42}
+    printer.update(3.0, totals, "steady", 1234.4)
+    printer.update(3.5, totals, "steady", 0.0)  # within `every` of the last line: not printed
+    assert stream.getvalue().count("\n") == 1
+    assert "1234 msg/s, 42 written" in stream.getvalue()
+
+
+def _report(ping_sample: int, rate: float, **counters: int) -> dict[str, Any]:
+    metrics = WorkerMetrics()
+    for name, value in counters.items():
+        setattr(metrics, name, value)
+    config = BenchConfig(url="wss://127.0.0.1:1/", clients=10, rate=rate,
+                         ping_sample=ping_sample)
+    merged = merge_snapshots([metrics.snapshot()])
+    return build_report(config, 1, merged, 0.0, 1.0, 2.0, 3.0,
+                        {"user_s": 0.1, "system_s": 0.0}, False, 0)
+
+
+def test_summary_has_no_empty_ping_rows_when_no_pings_were_asked_for() -> None:
+    quiet = render_table(_report(ping_sample=0, rate=1.0))
+    assert "ping" not in quiet.lower()
+    assert "send lateness" in quiet
+    idle = render_table(_report(ping_sample=0, rate=0.0))
+    assert "lateness" not in idle  # --rate 0 sends nothing to be late with
+    report = _report(ping_sample=5, rate=1.0, pings_sent=12, pongs_received=9, pings_lost=3)
+    assert report["pings"] == {"sent": 12, "answered": 9, "lost": 3}
+    table = render_table(report)
+    assert "pings sent / answered / lost" in table and "12 / 9 / 3" in table
+    assert "ping RTT p50 / p99 / max" in table
+
+
+# -- the timeline behind --html ------------------------------------------------------------------
+
+
+def _progress(at: float, written: int, reasons: dict[str, int] | None = None,
+              lateness: dict[int, int] | None = None) -> dict[str, Any]:
+    return {"at": at, "established": 10, "failed": 0, "dropped": 0, "open": 10,
+            "messages_scheduled": written, "messages_written": written,
+            "failure_reasons": reasons or {}, "lateness": lateness or {}, "ping_rtt": {}}
+
+
+def test_timeline_rates_are_exact_when_workers_report_at_their_own_moments() -> None:
+    timeline = Timeline(started_at=100.0)
+    for k in range(1, 11):  # worker 0 at 100.3, 101.3, ...; worker 1 at 100.8, 101.8, ...
+        timeline.add(0, _progress(100.0 + k - 0.7, 300 * (k - 0.7)))
+        timeline.add(1, _progress(100.0 + k - 0.2, 200 * (k - 0.2),
+                                  {"dropped: server closed with 1001": 1} if k >= 5 else None))
+    series = timeline.series(duration=9.0)
+    assert series["t"] == list(range(10))
+    assert series["messages_written_per_s"][2:9] == [500.0] * 7  # 300/s + 200/s, no jitter
+    drops = series["failures_by_reason_per_s"]["dropped: server closed with 1001"]
+    assert sum(drops) == 1 and drops[5] == 1  # worker 1's report at 104.8 lands in second 5
+
+
+def test_histogram_delta_reports_only_what_came_since_the_last_report() -> None:
+    delta = HistogramDelta()
+    histogram = LatencyHistogram()
+    histogram.record_many([0.001, 0.001, 0.010])
+    first = delta.since_last(histogram)
+    assert sum(first.values()) == 3
+    histogram.record(0.010)
+    assert delta.since_last(histogram) == {bucket_index(10_000): 1}
+    fresh = LatencyHistogram()  # the steady state starts a new histogram
+    fresh.record(0.002)
+    assert delta.since_last(fresh) == {bucket_index(2_000): 1}
+    assert histogram_from_counts(first).percentile(50) == pytest.approx(0.001, rel=0.01)
