@@ -176,3 +176,31 @@ def test_backpressure_pauses_and_resumes(loop: FakeLoop) -> None:
     finally:
         gate.set()
         d.shutdown(wait=True)
+
+
+def test_ingesting_mailboxes_linger_and_answering_ones_do_not(loop: FakeLoop) -> None:
+    def answer(handle: ConnectionHandle, message: object) -> None:
+        if message == b"ask":
+            handle.send(b"answer")
+
+    d = make(loop, answer, batch_linger=0.01)
+    try:
+        conn = opened(loop, d, 1)
+        d.deliver(conn, b"ask")  # type: ignore[arg-type]
+        d.flush()
+        assert d._units == {} and d._linger_timer is not None  # a first message lingers
+        loop.now += 0.011
+        d.flush()  # the first iteration after the linger hands it off
+        assert len(d._units) == 1
+        loop.run_calls(2)  # the handler's send, then the unit's completion
+        # The handler answered: its client is waiting, so the next message goes at once.
+        d.deliver(conn, b"ingest")  # type: ignore[arg-type]
+        d.flush()
+        assert len(d._units) == 1
+        loop.run_calls(1)
+        # That one was not answered: the one after lingers again.
+        d.deliver(conn, b"ingest")  # type: ignore[arg-type]
+        d.flush()
+        assert d._units == {}
+    finally:
+        d.shutdown(wait=True)

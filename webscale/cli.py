@@ -68,8 +68,9 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
              "listening, before connections are closed: lets a load balancer's health checks "
              "move clients elsewhere first (default: %(default)s)")
     add("--batch-linger", type=float, default=d.batch_linger,
-        help="seconds fast messages wait for company before a pool hand-off; fewer hand-offs "
-             "cost less CPU, 0 favours latency (default: %(default)s)")
+        help="seconds fast messages wait for company before a pool hand-off (not when their "
+             "handler replies); fewer hand-offs cost less CPU, 0 favours latency "
+             "(default: %(default)s)")
     add("--max-in-flight-per-connection", type=int, default=d.max_in_flight_per_connection,
         help="messages queued for the pool per connection before reading pauses "
              "(default: %(default)s)")

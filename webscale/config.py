@@ -67,14 +67,14 @@ class Config:
     # new upgrades with 503, so a load balancer's health checks take it out of rotation before
     # connections are closed. 0: close at once (no balancer, or one drained by hand).
     drain_grace: float = 0.0
+    # Fast messages wait up to this long for company before their pool unit is handed off.
+    # Each hand-off wakes a pool thread (a futex wake, two context switches, a GIL hand-off):
+    # at 500 clients x 1 msg/s, 10 ms cut server CPU per message from ~200 to ~160 us against
+    # 2 ms (benchmarks/server_cost.py); at 5,000 clients units fill up before it matters.
+    # Handlers that reply skip it (their clients wait); 0 turns it off for everyone.
+    batch_linger: float = 0.010
     # Messages handed to the pool but not yet handled, per connection and in all. At the bound
     # the loop stops reading that connection (TCP backpressure), so memory stays bounded.
-    # Fast messages wait up to this long for company before their pool unit is handed off.
-    # Each hand-off wakes a pool thread and then the loop (~100 us of context switches on a
-    # small VM), so at 3,000 msg/s lingering 2 ms cut server CPU per message from ~295 to
-    # ~210 us (benchmarks/server_cost.py). Request/response handlers that want the lowest
-    # latency at low load can set 0.
-    batch_linger: float = 0.002
     max_in_flight_per_connection: int = 64
     max_in_flight_total: int = 8192
     # Replies queued for a client that does not read; beyond it the client is closed (1008).

@@ -12,10 +12,12 @@ arrived meanwhile.
 Why units: a hand-off is a futex wake of a pool thread and two context switches (~35 us of CPU on
 a small VM, measured in benchmarks/handoff_cost.py), more than decoding a small message. So fast
 handlers are packed many messages to a unit (about 2 ms of work, from a moving average of the
-measured cost per message), and a ready message waits up to --batch-linger for company; the
-linger ends at the first loop iteration after it expires (the loop wakes for reads anyway), and
-a timer at twice the linger bounds it when nothing else happens. Slow handlers (a blocking
-database call) go one mailbox per unit so the pool's threads run them side by side.
+measured cost per message), and a ready message waits up to --batch-linger (10 ms) for company;
+the linger ends at the first loop iteration after it expires (the loop wakes for reads anyway),
+and a timer half a linger later bounds it when nothing else happens. A mailbox whose handler
+replied to its last batch does not linger: its client is waiting for an answer (request/response,
+an echo), while an ingesting handler's client is not. Slow handlers (a blocking database call) go
+one mailbox per unit so the pool's threads run them side by side.
 
 Why completions do not wake the loop: the report of a finished unit is queued with
 `call_soon_threadsafe(..., wake=False)` and applied at the loop's next wake-up (the loop's
@@ -92,7 +94,8 @@ class Loop(Protocol):
 class Mailbox:
     """One connection's messages on their way to the pool (loop thread only)."""
 
-    __slots__ = ("reader", "handle", "inbox", "in_flight", "unit", "paused", "held", "closed")
+    __slots__ = ("reader", "handle", "inbox", "in_flight", "unit", "paused", "held", "closed",
+                 "interactive")
 
     def __init__(self, reader: Reader, handle: ConnectionHandle) -> None:
         self.reader = reader
@@ -103,6 +106,7 @@ class Mailbox:
         self.paused = False  # its connection is not being read (backpressure)
         self.held = False  # ... because of the total bound: resumes with the others
         self.closed = False
+        self.interactive = False  # its handler replied to the last batch: somebody waits
 
 
 class _Unit:
@@ -121,7 +125,8 @@ class _Unit:
 class UnitDone:
     """What a pool thread reports for one unit: totals, and per mailbox what it finished."""
 
-    finished: tuple[tuple[Mailbox, int, int], ...]  # (mailbox, messages handled, close code)
+    # (mailbox, messages handled, close code, whether the handler replied)
+    finished: tuple[tuple[Mailbox, int, int, bool], ...]
     decoded: int
     decode_errors: int
     handler_errors: int
@@ -158,6 +163,7 @@ class Dispatcher:
         # counted: an undercount only lets a unit linger in full).
         self._ready_messages = 0
         self._ready_since = 0.0
+        self._interactive_ready = False  # a ready mailbox's client waits for replies
         self._linger_timer: Any = None
         self._globally_paused: list[Mailbox] = []
         self._mailboxes: dict[Reader, Mailbox] = {}
@@ -207,6 +213,8 @@ class Dispatcher:
             self._ready_since = self.loop.now
         ready.append(box)
         self._ready_messages += len(box.inbox)
+        if box.interactive:
+            self._interactive_ready = True
 
     # -- loop thread: hand-off -------------------------------------------------------------
     def flush(self, force: bool = False) -> None:
@@ -221,12 +229,13 @@ class Dispatcher:
         cost = self.cost_per_message
         budget = (_UNIT_MAX_MESSAGES if cost * _UNIT_MAX_MESSAGES < _UNIT_TARGET_SECONDS
                   else max(1, int(_UNIT_TARGET_SECONDS / cost)))
-        if not force and budget > 1 and self._ready_messages < budget:
+        if (not force and budget > 1 and self._ready_messages < budget
+                and not self._interactive_ready):
             waited = now - self._ready_since
             if waited < self.linger:
                 if self._linger_timer is None:
-                    # The bound when no other wake-up comes: twice the linger.
-                    self._linger_timer = self.loop.call_later(2 * self.linger - waited,
+                    # The bound when no other wake-up comes: half a linger more.
+                    self._linger_timer = self.loop.call_later(1.5 * self.linger - waited,
                                                               self._linger_over)
                 return
         if self._linger_timer is not None:
@@ -264,6 +273,7 @@ class Dispatcher:
                 waiting.urgent = True  # their completions free the places we wait for
         else:
             self._ready_messages = 0
+            self._interactive_ready = False
         self.stats.in_flight = self.in_flight_total
 
     def _submit(self, unit: _Unit) -> None:
@@ -300,10 +310,11 @@ class Dispatcher:
             self.loop.wait_cap = None
         handled = 0
         per_connection_limit = self.per_connection_limit
-        for box, count, close_code in done.finished:
+        for box, count, close_code, replied in done.finished:
             handled += count
             box.in_flight -= count
             box.unit = None
+            box.interactive = replied
             if box.inbox:
                 self._mark_ready(box)  # closed or not: what was received is still handled
             if box.closed:
@@ -355,12 +366,13 @@ class Dispatcher:
         bucket_of = bisect.bisect_left
         bounds = HANDLER_BOUNDS
         cpu_started = time.thread_time()
-        finished: list[tuple[Mailbox, int, int]] = []
+        finished: list[tuple[Mailbox, int, int, bool]] = []
         batches = unit.batches
         try:
             for box, batch in batches:
                 close_code = 0
                 handle = box.handle
+                sent_before = handle.sent
                 for data in batch:
                     started = clock()
                     message: Any = data
@@ -385,7 +397,7 @@ class Dispatcher:
                     elapsed = clock() - started
                     spent += elapsed
                     buckets[bucket_of(bounds, elapsed)] += 1
-                finished.append((box, len(batch), close_code))
+                finished.append((box, len(batch), close_code, handle.sent != sent_before))
         except BaseException:
             # Not a handler's Exception (those are counted above): SystemExit from a handler,
             # a MemoryError. Logged; the unit's messages still count as handled below, or the
@@ -395,7 +407,7 @@ class Dispatcher:
             raise
         finally:
             for box, batch in batches[len(finished):]:
-                finished.append((box, len(batch), 0))
+                finished.append((box, len(batch), 0, False))
             loop = self.loop
             loop.call_soon_threadsafe(
                 self._unit_done, unit,

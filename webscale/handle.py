@@ -33,7 +33,7 @@ class ConnectionHandle:
     certificate (None without one); `identity` what the --authorize hook returned (None without
     a hook)."""
 
-    __slots__ = ("conn_id", "remote_address", "peer_cert", "identity", "_loop", "_conn")
+    __slots__ = ("conn_id", "remote_address", "peer_cert", "identity", "sent", "_loop", "_conn")
 
     def __init__(self, loop: ThreadsafeCalls, conn: Sender, conn_id: int, remote_address: Any,
                  peer_cert: PeerCertificate | None = None, identity: Any = None) -> None:
@@ -41,11 +41,15 @@ class ConnectionHandle:
         self.remote_address = remote_address
         self.peer_cert = peer_cert
         self.identity = identity
+        # Messages sent through this handle; the dispatcher reads it to tell a handler that
+        # answers (its client waits) from one that only ingests.
+        self.sent = 0
         self._loop = loop
         self._conn = conn
 
     def send(self, data: str | bytes) -> None:
         """Queue a text (str) or binary (bytes) message; returns at once, from any thread."""
+        self.sent += 1
         self._loop.call_soon_threadsafe(self._conn.send_message, data)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
