@@ -64,7 +64,8 @@ HANDLERS = textwrap.dedent('''
 
 def test_exported_names_exist() -> None:
     assert set(webscale.__all__) >= {"serve", "ConnectionHandle", "Config", "Request",
-                                     "Response", "DecodeError"}
+                                     "Response", "DecodeError", "Reject", "PeerCertificate",
+                                     "Headers"}
     for name in webscale.__all__:
         assert getattr(webscale, name) is not None, name
 

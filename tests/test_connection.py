@@ -41,6 +41,7 @@ class FakeOwner:
         self.upgrades: list[tuple[Connection, Request]] = []
         self.messages: list[str | bytes] = []
         self.closed: list[Connection] = []
+        self.tls_failures: list[str] = []
 
     def route(self, request: Request) -> Response:
         self.requests.append(request)
@@ -56,6 +57,9 @@ class FakeOwner:
 
     def on_closed(self, conn: Connection) -> None:
         self.closed.append(conn)
+
+    def tls_failed(self, conn: Connection, reason: str, error: BaseException) -> None:
+        self.tls_failures.append(reason)
 
 
 class Harness:

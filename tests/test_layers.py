@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"connection"},
     {"protocol", "dispatch"},
     {"handle", "unit_cap", "decoder", "deflate", "fastmask", "metrics", "stats", "states",
-     "loading", "messages"},
+     "loading", "messages", "authorize", "rejections"},
     {"examples.telemetry", "shapes", "loop", "tls", "config", "systemd", "limits", "certs"},
     {"http", "errors"},
 ]

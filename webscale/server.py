@@ -3,12 +3,20 @@
 How this works: `Server.start()` binds (or adopts socket-activated) listeners and registers them
 with the loop; each readable listener is accepted until EAGAIN, each client wrapped for TLS and
 handed to a `Connection`, whose owner the server is (`connection.Owner`): it answers plain
-requests with `routes.route`, decides upgrades (503 past --max-connections or while draining),
-gives each WebSocket a mailbox in the dispatcher and a handle for its handler, and forgets
-connections when they close. `serve_forever()` runs the loop through the process scaffold:
-SIGTERM/SIGINT begin a drain (stop accepting, close every WebSocket with 1001, let the pool finish
-what was received) bounded by --shutdown-timeout; a second SIGINT exits at once; SIGHUP reloads
-the certificate for new connections.
+requests with `routes.route`, decides upgrades, gives each WebSocket a mailbox in the dispatcher
+and a handle for its handler, and forgets connections when they close.
+
+Who gets in, in order: the TLS handshake (with --client-ca, a client certificate that CA signed);
+then, for the upgrade request, 503 past --max-connections or while draining, 403 for an Origin
+--allowed-origin does not list, and the --authorize hook, run in the thread pool while the
+connection reads nothing more (authorize.py). --handshake-timeout covers all of it: a hook that
+answers after the connection was closed is ignored. Every refusal is counted by reason and logged
+with the client's address, at most a line a second per reason (rejections.py).
+
+`serve_forever()` runs the loop through the process scaffold: SIGTERM/SIGINT begin a drain (stop
+accepting, close every WebSocket with 1001, let the pool finish what was received) bounded by
+--shutdown-timeout; a second SIGINT exits at once; SIGHUP reloads the certificate and the client
+CA for new connections.
 
 The service manager hears about all of this through a `Notifier` (systemd.SystemdNotifier, a no-op
 without $NOTIFY_SOCKET): READY=1 once listening, STATUS= with connection counts, WATCHDOG=1 from a
@@ -32,6 +40,7 @@ from typing import Any, Protocol
 
 from . import fastmask, limits, routes, tls
 from .app import App, resolve
+from .authorize import HOOK_FAILED, Authorizer, OriginPolicy, Verdict, decide
 from .config import Config
 from .connection import Connection, ConnectionSettings
 from .dispatch import Decoder, Dispatcher, Handler
@@ -41,6 +50,7 @@ from .loop import EVENT_READ, EventLoop
 from .metrics import render_prometheus
 from .process import Notifier, ProcessScaffold, bind, urls
 from .protocol import ProtocolLimits, ServerProtocol
+from .rejections import RejectionLog, format_address
 from .stats import Stats
 from .systemd import SystemdNotifier, listen_fds
 
@@ -81,7 +91,8 @@ class Server:
                  decode: Decoder | None = None,
                  listen_sockets: list[socket.socket] | None = None,
                  notifier: Notifier | None = None, worker_id: int | None = None,
-                 peer_stats: PeerStats | None = None) -> None:
+                 peer_stats: PeerStats | None = None,
+                 authorize: Authorizer | None = None) -> None:
         self.config = config
         # Set under a supervisor: shown in /stats and as a metrics label; the parent's pid is
         # watched so a worker orphaned by a killed supervisor drains instead of living on.
@@ -107,6 +118,9 @@ class Server:
             outbound_limit_bytes=config.outbound_limit_bytes,
             read_chunk_bytes=config.read_chunk_bytes)
         self.ssl_context = self._make_ssl_context() if config.tls else None
+        self.origins = OriginPolicy(config.allowed_origin)
+        self.authorizer = authorize
+        self.rejections = RejectionLog(logger)
         self.dispatcher = Dispatcher(
             self.loop, self.stats, handler, decode, threads=config.threads,
             close_on_invalid=config.invalid_json == "close",
@@ -132,7 +146,8 @@ class Server:
 
             paths = ensure_certs(self.config.certs_dir)
             cert, key = paths.server_cert, paths.server_key
-        return tls.make_server_context(cert, key)
+        return tls.make_server_context(cert, key, self.config.client_ca,
+                                       self.config.client_cert == "required")
 
     def start(self) -> None:
         if fastmask.install():
@@ -203,7 +218,7 @@ class Server:
         try:
             wrapped = tls.wrap(self.ssl_context, sock)
         except (ssl.SSLError, OSError) as exc:
-            self.stats.tls_handshake_failures += 1
+            self.stats.count_tls_failure(tls.failure_reason(exc))
             logger.debug("TLS wrap failed for %s: %r", address, exc)
             sock.close()
             return
@@ -244,9 +259,85 @@ class Server:
             self.stats.connections_rejected += 1
             conn.respond(Response.text(503))
             return
-        handle = ConnectionHandle(self.loop, conn, conn.conn_id, conn.address, conn.peer_cert)
+        if self.origins and not self.origins.allows(request):
+            origin = request.headers.get("origin")
+            self._refuse(conn, "origin", Response.text(403, "origin not allowed"),
+                         f"Origin {origin!r} not allowed" if origin is not None
+                         else "no Origin header")
+            return
+        if self.authorizer is None:
+            self._open_websocket(conn, None)
+            return
+        # The connection reads nothing more until the verdict (upgrade_pending), and its
+        # handshake timer keeps running: a hook slower than --handshake-timeout loses the race.
+        self.dispatcher.pool.submit(self._authorize_in_pool, self.authorizer, conn, request,
+                                    self.loop.time())
+
+    def _authorize_in_pool(self, hook: Authorizer, conn: Connection, request: Request,
+                           started: float) -> None:
+        """Pool thread: run the hook; only the loop thread looks at `conn`."""
+        verdict = HOOK_FAILED
+        try:
+            verdict = decide(hook, request)
+        finally:
+            self.loop.call_soon_threadsafe(self._authorized, conn, verdict, started)
+
+    def _authorized(self, conn: Connection, verdict: Verdict, started: float) -> None:
+        if conn.closed or not conn.upgrade_pending:
+            elapsed = self.loop.time() - started
+            if elapsed >= self.settings.handshake_timeout:
+                self.rejections.log("hook_late", logging.WARNING,
+                                    "conn %d: the --authorize hook answered for %s after %.1fs, "
+                                    "past --handshake-timeout %.1fs; the connection was already "
+                                    "closed", conn.conn_id, format_address(conn.address),
+                                    elapsed, self.settings.handshake_timeout)
+            return  # the client left, or the handshake timed out meanwhile
+        if verdict.refusal is not None:
+            if verdict.reason == "hook_error":
+                detail = f"the --authorize hook raised {verdict.error!r}"
+            elif verdict.reason == "rejected":
+                body = verdict.refusal.body.decode(errors="replace").rstrip("\n")
+                detail = f"the --authorize hook raised Reject: {body!r}"
+            else:
+                detail = "the --authorize hook returned a false value"
+            self._refuse(conn, verdict.reason, verdict.refusal, detail, verdict.error)
+            return
+        if self._draining:  # began while the hook ran
+            self.stats.connections_rejected += 1
+            conn.respond(Response.text(503))
+            return
+        self._open_websocket(conn, verdict.identity)
+
+    def _open_websocket(self, conn: Connection, identity: Any) -> None:
+        handle = ConnectionHandle(self.loop, conn, conn.conn_id, conn.address, conn.peer_cert,
+                                  identity)
         self.dispatcher.open(conn, handle)
         conn.accept_upgrade()
+
+    def _refuse(self, conn: Connection, reason: str, response: Response, detail: str,
+                error: BaseException | None = None) -> None:
+        """Refuse an upgrade by policy: count it, log it (rate-limited), answer `response`."""
+        self.stats.upgrades_refused_by_reason[reason] += 1
+        # A hook that raised is the server's problem (a warning with the traceback); the rest
+        # is clients being told no (info).
+        level = logging.WARNING if reason == "hook_error" else logging.INFO
+        self.rejections.log(reason, level, "conn %d: upgrade from %s refused with %d: %s",
+                            conn.conn_id, format_address(conn.address), response.status, detail,
+                            exc_info=error)
+        conn.respond(response)
+
+    def tls_failed(self, conn: Connection, reason: str, error: BaseException) -> None:
+        if reason == "other":
+            # Scanners, health checks that only open TCP, clients that do not trust our
+            # certificate: noise at info level, so debug only.
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("conn %d: TLS handshake from %s failed: %r", conn.conn_id,
+                             format_address(conn.address), error)
+            return
+        why = getattr(error, "verify_message", None) or getattr(error, "reason", None) or error
+        self.rejections.log(f"tls_{reason}", logging.INFO,
+                            "conn %d: TLS handshake from %s refused (%s): %s", conn.conn_id,
+                            format_address(conn.address), reason, why)
 
     def on_message(self, conn: Connection, data: str | bytes) -> None:
         self.dispatcher.deliver(conn, data)
@@ -309,7 +400,9 @@ class Server:
         except (ssl.SSLError, OSError) as exc:
             logger.error("certificate reload failed, keeping the old one: %s", exc)
             return
-        logger.info("certificate reloaded; new connections use it")
+        client_ca = self.config.client_ca
+        logger.info("certificate reloaded%s; new connections use it",
+                    f" with client CA {client_ca}" if client_ca is not None else "")
 
     def begin_shutdown(self, why: str) -> None:
         if self._draining:
@@ -406,7 +499,7 @@ def run(config: Config, *, app: App | None = None,
                         len(listen_sockets), config.host, config.port)
     server = Server(config, handler=app.handler, decode=app.decode,
                     listen_sockets=listen_sockets or None, worker_id=worker_id,
-                    peer_stats=peer_stats)
+                    peer_stats=peer_stats, authorize=app.authorize)
     warning = limits.check_connection_budget(server.max_connections, soft)
     if warning:
         logger.warning("%s", warning)
