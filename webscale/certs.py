@@ -5,9 +5,9 @@ How this works: `ensure_certs(out_dir)` writes `ca.pem`/`ca.key` (a self-signed 
 `ca.pem`. `issue_client_cert(out_dir, name)` signs `client-NAME.pem`/`client-NAME.key` with the
 same CA (creating it first if needed): a device certificate for mutual TLS, with the clientAuth
 extended key usage, CN=NAME and NAME as a DNS subject alternative name; a server started with
-`--client-ca ca.pem` accepts it. Keys are written with mode 0600. ECDSA P-256 is the default because a P-256 handshake
-costs the server roughly a tenth of an RSA-2048 one, which matters when 10,000 clients connect
-at once.
+`--client-ca ca.pem` accepts it. Keys are written with mode 0600. ECDSA P-256 is the default
+because a P-256 handshake costs the server roughly a tenth of an RSA-2048 one, which matters
+when 10,000 clients connect at once.
 """
 
 from __future__ import annotations
