@@ -85,7 +85,8 @@ def test_a_hook_slower_than_the_handshake_timeout(server_factory: StartServer) -
         raw_upgrade(server, f"/slow?seconds={2 * timeout}")
     assert server.stats()["handshake_timeouts"] == 1
     # The hook's late answer finds the connection closed: ignored, with a warning.
-    wait_for(lambda: "past --handshake-timeout" in server.stderr(), units=4 * timeout,
+    wait_for(lambda: "past the connection's --handshake-timeout" in server.stderr(),
+             units=4 * timeout,
              what="the late answer's warning")
     assert "the --authorize hook answered for 127.0.0.1:" in server.stderr()
     stats = server.stats()

@@ -270,28 +270,33 @@ class Server:
             return
         # The connection reads nothing more until the verdict (upgrade_pending), and its
         # handshake timer keeps running: a hook slower than --handshake-timeout loses the race.
+        timer = conn.handshake_timer
+        started = self.loop.time()
+        deadline = timer.when if timer is not None else started + self.settings.handshake_timeout
         self.dispatcher.pool.submit(self._authorize_in_pool, self.authorizer, conn, request,
-                                    self.loop.time())
+                                    started, deadline)
 
     def _authorize_in_pool(self, hook: Authorizer, conn: Connection, request: Request,
-                           started: float) -> None:
+                           started: float, deadline: float) -> None:
         """Pool thread: run the hook; only the loop thread looks at `conn`."""
         verdict = HOOK_FAILED
         try:
             verdict = decide(hook, request)
         finally:
-            self.loop.call_soon_threadsafe(self._authorized, conn, verdict, started)
+            self.loop.call_soon_threadsafe(self._authorized, conn, verdict, started, deadline)
 
-    def _authorized(self, conn: Connection, verdict: Verdict, started: float) -> None:
+    def _authorized(self, conn: Connection, verdict: Verdict, started: float,
+                    deadline: float) -> None:
         if conn.closed or not conn.upgrade_pending:
-            elapsed = self.loop.time() - started
-            if elapsed >= self.settings.handshake_timeout:
+            now = self.loop.time()
+            if now >= deadline:  # the handshake timed out while the hook ran
                 self.rejections.log("hook_late", logging.WARNING,
                                     "conn %d: the --authorize hook answered for %s after %.1fs, "
-                                    "past --handshake-timeout %.1fs; the connection was already "
-                                    "closed", conn.conn_id, format_address(conn.address),
-                                    elapsed, self.settings.handshake_timeout)
-            return  # the client left, or the handshake timed out meanwhile
+                                    "past the connection's --handshake-timeout (%.1fs); it was "
+                                    "closed meanwhile", conn.conn_id,
+                                    format_address(conn.address), now - started,
+                                    self.settings.handshake_timeout)
+            return  # the client left, or the handshake timed out meanwhile: nothing to do
         if verdict.refusal is not None:
             if verdict.reason == "hook_error":
                 detail = f"the --authorize hook raised {verdict.error!r}"
