@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"supervisor"},
     {"worker"},
     {"server"},
-    {"app", "routes", "process"},
+    {"app", "routes", "process", "admission"},
     {"connection"},
     {"protocol", "dispatch"},
     {"handle", "unit_cap", "decoder", "deflate", "fastmask", "metrics", "stats", "states",

@@ -1,12 +1,11 @@
 """Who gets in: the Origin check and the --authorize hook, as pure decisions on a Request.
 
-How this works: the server's `upgrade_requested` (loop thread) first checks the request's Origin
-against --allowed-origin (`OriginPolicy.allows`, a set lookup). If an authorization hook is
-configured, `decide(hook, request)` then runs in the thread pool, since a hook may block on a
-database or a token service; it never raises, and returns a `Verdict` the pool thread hands back
-to the loop with `call_soon_threadsafe`. The loop then accepts the upgrade (the hook's value
-becomes `handle.identity`) or sends the refusal. Nothing here touches a connection, a socket or a
-log: the server logs refusals on the loop thread (rejections.RejectionLog).
+How this works: admission.py (loop thread) first checks the request's Origin against
+--allowed-origin (`OriginPolicy.allows`, a set lookup). If an authorization hook is configured,
+`decide(hook, request)` then runs in the thread pool, since a hook may block on a database or a
+token service; it never raises, and returns a `Verdict` the pool thread hands back to the loop.
+The loop then accepts the upgrade (the hook's value becomes `handle.identity`) or sends the
+refusal. Nothing here touches a connection, a socket, a thread or a log.
 
 What a hook returns: anything truthy allows (and is the identity), anything falsy is 403, raising
 `webscale.Reject(status, reason)` answers that status with the reason as body, and any other

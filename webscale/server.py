@@ -7,11 +7,9 @@ requests with `routes.route`, decides upgrades, gives each WebSocket a mailbox i
 and a handle for its handler, and forgets connections when they close.
 
 Who gets in, in order: the TLS handshake (with --client-ca, a client certificate that CA signed);
-then, for the upgrade request, 503 past --max-connections or while draining, 403 for an Origin
---allowed-origin does not list, and the --authorize hook, run in the thread pool while the
-connection reads nothing more (authorize.py). --handshake-timeout covers all of it: a hook that
-answers after the connection was closed is ignored. Every refusal is counted by reason and logged
-with the client's address, at most a line a second per reason (rejections.py).
+then, for the upgrade request, 503 past --max-connections or while draining, then admission.py:
+403 for an Origin --allowed-origin does not list, and the --authorize hook, run in the thread
+pool. --handshake-timeout covers all of it.
 
 `serve_forever()` runs the loop through the process scaffold: SIGTERM/SIGINT begin a drain (stop
 accepting, close every WebSocket with 1001, let the pool finish what was received) bounded by
@@ -40,7 +38,8 @@ from typing import Any, Protocol
 
 from . import fastmask, limits, routes, tls
 from .app import App, resolve
-from .authorize import HOOK_FAILED, Authorizer, OriginPolicy, Verdict, decide
+from .admission import Admission
+from .authorize import Authorizer, OriginPolicy
 from .config import Config
 from .connection import Connection, ConnectionSettings
 from .dispatch import Decoder, Dispatcher, Handler
@@ -50,7 +49,6 @@ from .loop import EVENT_READ, EventLoop
 from .metrics import render_prometheus
 from .process import Notifier, ProcessScaffold, bind, urls
 from .protocol import ProtocolLimits, ServerProtocol
-from .rejections import RejectionLog, format_address
 from .stats import Stats
 from .systemd import SystemdNotifier, listen_fds
 
@@ -118,14 +116,15 @@ class Server:
             outbound_limit_bytes=config.outbound_limit_bytes,
             read_chunk_bytes=config.read_chunk_bytes)
         self.ssl_context = self._make_ssl_context() if config.tls else None
-        self.origins = OriginPolicy(config.allowed_origin)
-        self.authorizer = authorize
-        self.rejections = RejectionLog(logger)
         self.dispatcher = Dispatcher(
             self.loop, self.stats, handler, decode, threads=config.threads,
             close_on_invalid=config.invalid_json == "close",
             max_in_flight_per_connection=config.max_in_flight_per_connection,
             max_in_flight_total=config.max_in_flight_total, batch_linger=config.batch_linger)
+        self.admission = Admission(self.loop, self.dispatcher.pool, self.stats, admit=self._admit,
+                                   origins=OriginPolicy(config.allowed_origin),
+                                   authorizer=authorize,
+                                   handshake_timeout=config.handshake_timeout)
         self.max_connections = config.max_connections or _default_max_connections()
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
@@ -259,90 +258,21 @@ class Server:
             self.stats.connections_rejected += 1
             conn.respond(Response.text(503))
             return
-        if self.origins and not self.origins.allows(request):
-            origin = request.headers.get("origin")
-            self._refuse(conn, "origin", Response.text(403, "origin not allowed"),
-                         f"Origin {origin!r} not allowed" if origin is not None
-                         else "no Origin header")
-            return
-        if self.authorizer is None:
-            self._open_websocket(conn, None)
-            return
-        # The connection reads nothing more until the verdict (upgrade_pending), and its
-        # handshake timer keeps running: a hook slower than --handshake-timeout loses the race.
-        timer = conn.handshake_timer
-        started = self.loop.time()
-        deadline = timer.when if timer is not None else started + self.settings.handshake_timeout
-        self.dispatcher.pool.submit(self._authorize_in_pool, self.authorizer, conn, request,
-                                    started, deadline)
+        self.admission.check(conn, request)
 
-    def _authorize_in_pool(self, hook: Authorizer, conn: Connection, request: Request,
-                           started: float, deadline: float) -> None:
-        """Pool thread: run the hook; only the loop thread looks at `conn`."""
-        verdict = HOOK_FAILED
-        try:
-            verdict = decide(hook, request)
-        finally:
-            self.loop.call_soon_threadsafe(self._authorized, conn, verdict, started, deadline)
-
-    def _authorized(self, conn: Connection, verdict: Verdict, started: float,
-                    deadline: float) -> None:
-        if conn.closed or not conn.upgrade_pending:
-            now = self.loop.time()
-            if now >= deadline:  # the handshake timed out while the hook ran
-                self.rejections.log("hook_late", logging.WARNING,
-                                    "conn %d: the --authorize hook answered for %s after %.1fs, "
-                                    "past the connection's --handshake-timeout (%.1fs); it was "
-                                    "closed meanwhile", conn.conn_id,
-                                    format_address(conn.address), now - started,
-                                    self.settings.handshake_timeout)
-            return  # the client left, or the handshake timed out meanwhile: nothing to do
-        if verdict.refusal is not None:
-            if verdict.reason == "hook_error":
-                detail = f"the --authorize hook raised {verdict.error!r}"
-            elif verdict.reason == "rejected":
-                body = verdict.refusal.body.decode(errors="replace").rstrip("\n")
-                detail = f"the --authorize hook raised Reject: {body!r}"
-            else:
-                detail = "the --authorize hook returned a false value"
-            self._refuse(conn, verdict.reason, verdict.refusal, detail, verdict.error)
-            return
+    def _admit(self, conn: Connection, identity: Any) -> None:
+        """Admission let `conn` in (at once, or once the --authorize hook answered)."""
         if self._draining:  # began while the hook ran
             self.stats.connections_rejected += 1
             conn.respond(Response.text(503))
             return
-        self._open_websocket(conn, verdict.identity)
-
-    def _open_websocket(self, conn: Connection, identity: Any) -> None:
         handle = ConnectionHandle(self.loop, conn, conn.conn_id, conn.address, conn.peer_cert,
                                   identity)
         self.dispatcher.open(conn, handle)
         conn.accept_upgrade()
 
-    def _refuse(self, conn: Connection, reason: str, response: Response, detail: str,
-                error: BaseException | None = None) -> None:
-        """Refuse an upgrade by policy: count it, log it (rate-limited), answer `response`."""
-        self.stats.upgrades_refused_by_reason[reason] += 1
-        # A hook that raised is the server's problem (a warning with the traceback); the rest
-        # is clients being told no (info).
-        level = logging.WARNING if reason == "hook_error" else logging.INFO
-        self.rejections.log(reason, level, "conn %d: upgrade from %s refused with %d: %s",
-                            conn.conn_id, format_address(conn.address), response.status, detail,
-                            exc_info=error)
-        conn.respond(response)
-
     def tls_failed(self, conn: Connection, reason: str, error: BaseException) -> None:
-        if reason == "other":
-            # Scanners, health checks that only open TCP, clients that do not trust our
-            # certificate: noise at info level, so debug only.
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("conn %d: TLS handshake from %s failed: %r", conn.conn_id,
-                             format_address(conn.address), error)
-            return
-        why = getattr(error, "verify_message", None) or getattr(error, "reason", None) or error
-        self.rejections.log(f"tls_{reason}", logging.INFO,
-                            "conn %d: TLS handshake from %s refused (%s): %s", conn.conn_id,
-                            format_address(conn.address), reason, why)
+        self.admission.tls_failed(conn, reason, error)
 
     def on_message(self, conn: Connection, data: str | bytes) -> None:
         self.dispatcher.deliver(conn, data)
