@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ServerProcess, start_server
-from webscale.certs import ensure_certs
+from webscale.certs import ClientCertPaths, ensure_certs, issue_client_cert
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +15,19 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("certs")
     ensure_certs(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def client_cert(certs: Path) -> ClientCertPaths:
+    """A device certificate (CN=device-1) from the same CA as the server's: --client-ca
+    certs/ca.pem accepts it."""
+    return issue_client_cert(certs, "device-1")
+
+
+@pytest.fixture(scope="session")
+def foreign_client_cert(tmp_path_factory: pytest.TempPathFactory) -> ClientCertPaths:
+    """A client certificate from another throwaway CA, which the server does not trust."""
+    return issue_client_cert(tmp_path_factory.mktemp("foreign-ca"), "intruder")
 
 
 @pytest.fixture

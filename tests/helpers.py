@@ -40,8 +40,13 @@ def wait_for(predicate: Callable[[], Any], units: float = 5.0, interval: float =
         time.sleep(interval)
 
 
-def client_ssl_context(cafile: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(cafile))
+def client_ssl_context(cafile: Path, client_cert: tuple[Path, Path] | None = None
+                       ) -> ssl.SSLContext:
+    """Trusts `cafile`; presents `client_cert` (certificate, key) when the server asks."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    if client_cert is not None:
+        ctx.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
+    return ctx
 
 
 @dataclass
@@ -53,6 +58,8 @@ class ServerProcess:
     cafile: Path | None
     stderr_path: Path
     argv: list[str] = field(default_factory=list)
+    # Presented by http_get (so /stats works on a server started with --client-ca).
+    client_cert: tuple[Path, Path] | None = None
 
     @property
     def url(self) -> str:
@@ -63,7 +70,7 @@ class ServerProcess:
             assert self.cafile is not None
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
                 self.host, self.port, timeout=timeout * UNIT,
-                context=client_ssl_context(self.cafile))
+                context=client_ssl_context(self.cafile, self.client_cert))
         else:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout * UNIT)
         try:
@@ -137,3 +144,57 @@ def start_server(args: list[str], *, certs: Path | None, tmp_path: Path,
     port = int(line.strip().rsplit(":", 1)[1])
     return ServerProcess(proc, "127.0.0.1", port, tls, certs / "ca.pem" if certs else None,
                          stderr_path, argv)
+
+
+@dataclass
+class UpgradeAnswer:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+def raw_upgrade(server: ServerProcess, target: str = "/",
+                headers: tuple[tuple[str, str], ...] = (),
+                client_cert: tuple[Path, Path] | None = None,
+                units: float = 5.0) -> UpgradeAnswer:
+    """Send a WebSocket upgrade request over a raw TLS (or plain) socket and read the answer's
+    head, and its body unless it is a 101. Raises OSError/ssl.SSLError when the server closes
+    without answering (a failed client-certificate check, a handshake timeout)."""
+    import base64
+    import socket
+
+    sock: socket.socket = socket.create_connection((server.host, server.port),
+                                                   timeout=units * UNIT)
+    try:
+        if server.tls:
+            assert server.cafile is not None
+            sock = client_ssl_context(server.cafile, client_cert).wrap_socket(
+                sock, server_hostname=server.host)
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [f"GET {target} HTTP/1.1", f"Host: {server.host}:{server.port}",
+                 "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+                 "Sec-WebSocket-Version: 13", *(f"{name}: {value}" for name, value in headers)]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"closed without an answer (got {data!r})")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        answer_headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            answer_headers[name.strip().lower()] = value.strip()
+        status = int(status_line.split(" ", 2)[1])
+        if status != 101:
+            length = int(answer_headers.get("content-length", "0"))
+            while len(body) < length:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                body += chunk
+        return UpgradeAnswer(status, answer_headers, body)
+    finally:
+        sock.close()

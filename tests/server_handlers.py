@@ -6,9 +6,12 @@ import os
 import threading
 import time
 
+import itertools
+from typing import Any
+
 import orjson
 
-from webscale import ConnectionHandle
+from webscale import ConnectionHandle, Reject, Request
 from webscale.examples.telemetry import Telemetry
 
 _log_lock = threading.Lock()
@@ -58,3 +61,46 @@ def slow(handle: ConnectionHandle, message: Telemetry) -> None:
 def closer(handle: ConnectionHandle, message: Telemetry) -> None:
     """Closes the connection with an application code (4000 + seq) from the pool thread."""
     handle.close(4000 + message.seq, "closed by handler")
+
+
+def whoami(handle: ConnectionHandle, message: object) -> None:
+    """Replies with who the connection is: its client certificate and its --authorize identity
+    (run with --decode none)."""
+    cert = handle.peer_cert
+    handle.send(orjson.dumps({
+        "cn": cert.common_name if cert else None,
+        "dns": list(cert.dns_names) if cert else None,
+        "identity": handle.identity,
+    }).decode())
+
+
+# --- --authorize hooks -------------------------------------------------------------------------
+
+def authorize_by_path(request: Request) -> Any:
+    """The request's path says what to do, so one server shows every outcome:
+    /allow returns what the hook saw (the identity), /deny returns None (403), /expired raises
+    Reject(401), /busy raises Reject(429) with Retry-After, /crash raises a bug (500), and
+    /slow?seconds=S sleeps S seconds first (past --handshake-timeout)."""
+    path = request.path
+    if path == "/slow":
+        time.sleep(float(request.query.partition("seconds=")[2] or "1"))
+        return {"slept": True}
+    if path == "/allow":
+        cert = request.peer_cert
+        return {"path": path, "query": request.query, "token": request.headers.get("x-token"),
+                "host": request.remote_address[0], "cn": cert.common_name if cert else None}
+    if path == "/expired":
+        raise Reject(401, "token expired", (("WWW-Authenticate", 'Bearer error="invalid_token"'),))
+    if path == "/busy":
+        raise Reject(429, headers=(("Retry-After", "30"),))
+    if path == "/crash":
+        raise KeyError("secret-internal-detail")
+    return None
+
+
+_calls = itertools.count(1)
+
+
+def count_calls(request: Request) -> int:
+    """The identity is how many times the hook has been called (once per connection)."""
+    return next(_calls)

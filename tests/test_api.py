@@ -6,6 +6,7 @@ it), declares its own dataclass message type, and gets messages decoded into it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import textwrap
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 import webscale
-from helpers import ServerProcess, client_ssl_context, wait_for
+from helpers import ServerProcess, client_ssl_context, raw_upgrade, wait_for
 
 StartServer = Callable[..., ServerProcess]
 
@@ -64,7 +65,8 @@ HANDLERS = textwrap.dedent('''
 
 def test_exported_names_exist() -> None:
     assert set(webscale.__all__) >= {"serve", "ConnectionHandle", "Config", "Request",
-                                     "Response", "DecodeError"}
+                                     "Response", "DecodeError", "Reject", "PeerCertificate",
+                                     "Headers"}
     for name in webscale.__all__:
         assert getattr(webscale, name) is not None, name
 
@@ -149,3 +151,47 @@ def test_serve_from_python(server_factory: StartServer, tmp_path: Path) -> None:
     '''))
     server = server_factory(command=[str(tmp_path / "run.py")])
     assert asyncio.run(exchange(server, GOOD))[0].startswith("Batch pi-7 2 float")
+
+
+def test_serve_from_python_with_an_authorize_hook(server_factory: StartServer,
+                                                  tmp_path: Path) -> None:
+    (tmp_path / "run.py").write_text(textwrap.dedent('''
+        import sys
+        from pathlib import Path
+
+        import webscale
+
+
+        def check(request: webscale.Request) -> object:
+            if request.path == "/deny":
+                raise webscale.Reject(401, "no token")
+            return f"device from {request.remote_address[0]}"
+
+
+        def on_message(handle: webscale.ConnectionHandle, message: str | bytes) -> None:
+            handle.send(f"{handle.identity}: {message!r}")
+
+
+        flags = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+        raise SystemExit(webscale.serve(on_message, authorize=check, host=flags["--host"],
+                                        port=0, cert=Path(flags["--cert"]),
+                                        key=Path(flags["--key"])))
+    '''))
+    server = server_factory(command=[str(tmp_path / "run.py")])
+    assert asyncio.run(exchange(server, "hello")) == ["device from 127.0.0.1: 'hello'"]
+    refused = raw_upgrade(server, "/deny")
+    assert (refused.status, refused.body) == (401, b"no token\n")
+
+
+def test_config_argv_repeats_repeatable_flags() -> None:
+    """What `serve(..., workers=2)` gives its workers parses back into the same Config."""
+    from webscale.api import config_argv
+    from webscale.cli import _add_serve_flags, config_from_args
+
+    config = webscale.Config(allowed_origin=("https://a.example", "https://b.example"),
+                             authorize="myapp.auth:check", decode="none")
+    argv = config_argv(config)
+    assert argv.count("--allowed-origin") == 2
+    parser = argparse.ArgumentParser()
+    _add_serve_flags(parser)
+    assert config_from_args(parser.parse_args(argv[1:])) == config

@@ -8,14 +8,19 @@ server.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from webscale import tls
 from webscale.connection import Connection, ConnectionSettings, Transport
 from webscale.http import Request, Response
 from webscale.loop import EventLoop
@@ -41,6 +46,7 @@ class FakeOwner:
         self.upgrades: list[tuple[Connection, Request]] = []
         self.messages: list[str | bytes] = []
         self.closed: list[Connection] = []
+        self.tls_failures: list[str] = []
 
     def route(self, request: Request) -> Response:
         self.requests.append(request)
@@ -56,6 +62,9 @@ class FakeOwner:
 
     def on_closed(self, conn: Connection) -> None:
         self.closed.append(conn)
+
+    def tls_failed(self, conn: Connection, reason: str, error: BaseException) -> None:
+        self.tls_failures.append(reason)
 
 
 class Harness:
@@ -234,3 +243,41 @@ def test_end_of_stream_is_a_1006(make: Callable[..., Harness]) -> None:
     h.client.shutdown(socket.SHUT_WR)
     h.run_until(lambda: h.owner.closed)
     assert h.conn.close_code == 1006
+
+
+def test_a_failed_client_certificate_check_is_counted_and_reported(certs: Path) -> None:
+    """TLS over the socketpair: the client presents no certificate to a server that requires
+    one; the connection counts the failure by reason, tells its owner, and closes."""
+    ctx = tls.make_server_context(certs / "server.pem", certs / "server.key",
+                                  client_ca=certs / "ca.pem")
+    server_sock, client_sock = socket.socketpair()
+    owner = FakeOwner()
+    stats = Stats()
+    loop = EventLoop()
+    conn = Connection(loop, tls.wrap(ctx, server_sock),
+                      ServerProtocol(ProtocolLimits(), 1), ConnectionSettings(), owner, stats,
+                      ("127.0.0.9", 4242))
+    conn.start()
+
+    def client() -> None:
+        client_ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # fails inside the handshake
+        client_sock.settimeout(5)
+        with contextlib.suppress(OSError), \
+                client_ctx.wrap_socket(client_sock, server_hostname="localhost"):
+            pass
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        end = time.monotonic() + 5
+        while not owner.closed and time.monotonic() < end:
+            loop.run_once(max_wait=0.01)
+    finally:
+        thread.join(5)
+        client_sock.close()
+        loop.close()
+    assert owner.tls_failures == ["no_certificate"] and owner.closed == [conn]
+    assert stats.tls_handshake_failures == 1
+    assert stats.tls_handshake_failures_by_reason["no_certificate"] == 1
+    assert owner.upgrades == [] and owner.requests == []

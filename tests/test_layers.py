@@ -21,11 +21,11 @@ LAYERS: list[set[str]] = [
     {"supervisor"},
     {"worker"},
     {"server"},
-    {"app", "routes", "process"},
+    {"app", "routes", "process", "admission"},
     {"connection"},
     {"protocol", "dispatch"},
     {"handle", "unit_cap", "pool", "decoder", "deflate", "fastmask", "metrics", "stats", "states",
-     "loading"},
+     "loading", "authorize", "rejections"},
     {"examples.telemetry", "shapes", "loop", "tls", "config", "systemd", "limits", "certs"},
     {"http", "errors"},
 ]

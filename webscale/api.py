@@ -7,9 +7,10 @@
 
     webscale.serve(on_message, port=8443, threads=32)
 
-Keyword options are `Config` fields (the command line's flags with underscores). With
+Keyword options are `Config` fields (the command line's flags with underscores); `authorize`
+also takes the hook itself (`webscale.serve(on_message, authorize=check_token)`). With
 `workers > 1` the workers are separate processes started with the command line, so the handler
-must be importable by name (a module-level function, not one defined under `__main__`).
+and the hook must be importable by name (module-level functions, not defined under `__main__`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from .app import resolve
+from .authorize import Authorizer
 from .config import Config
 from .dispatch import Handler
 from .errors import ConfigError
 
 
 def serve(handler: Handler | str | None = None, *, config: Config | None = None,
-          message_type: type | str | None = None, **options: Any) -> int:
+          message_type: type | str | None = None, authorize: Authorizer | str | None = None,
+          **options: Any) -> int:
     """Serve until SIGTERM/SIGINT (main thread) or until drained; the exit code."""
     config = config or Config()
     if isinstance(handler, str):
@@ -34,6 +37,9 @@ def serve(handler: Handler | str | None = None, *, config: Config | None = None,
     if isinstance(message_type, str):
         options["message_type"] = message_type
         message_type = None
+    if isinstance(authorize, str):
+        options["authorize"] = authorize
+        authorize = None
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -46,10 +52,12 @@ def serve(handler: Handler | str | None = None, *, config: Config | None = None,
             config = replace(config, handler=_importable_name(handler))
         if message_type is not None:
             config = replace(config, message_type=_importable_name(message_type))
+        if authorize is not None:
+            config = replace(config, authorize=_importable_name(authorize))
         return run_supervisor(config, config_argv(config))
     from .server import run
 
-    return run(config, app=resolve(config, handler, message_type))
+    return run(config, app=resolve(config, handler, message_type, authorize))
 
 
 def _importable_name(obj: Any) -> str:
@@ -71,6 +79,9 @@ def config_argv(config: Config) -> list[str]:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "tls":
             argv.append("--no-tls")
+        elif isinstance(value, tuple):  # a repeatable flag
+            for item in value:
+                argv += [flag, str(item)]
         elif isinstance(value, Path | str | int | float):
             argv += [flag, str(value)]
     return argv

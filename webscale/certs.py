@@ -1,10 +1,13 @@
-"""Throwaway certificate authority and server certificate for test and first-start TLS.
+"""Throwaway certificate authority, server and client certificates for test and first-start TLS.
 
 How this works: `ensure_certs(out_dir)` writes `ca.pem`/`ca.key` (a self-signed CA) and
 `server.pem`/`server.key` (a leaf signed by that CA) unless they already exist. Clients trust
-`ca.pem`. Keys are written with mode 0600. ECDSA P-256 is the default because a P-256 handshake
-costs the server roughly a tenth of an RSA-2048 one, which matters when 10,000 clients connect
-at once.
+`ca.pem`. `issue_client_cert(out_dir, name)` signs `client-NAME.pem`/`client-NAME.key` with the
+same CA (creating it first if needed): a device certificate for mutual TLS, with the clientAuth
+extended key usage, CN=NAME and NAME as a DNS subject alternative name; a server started with
+`--client-ca ca.pem` accepts it. Keys are written with mode 0600. ECDSA P-256 is the default
+because a P-256 handshake costs the server roughly a tenth of an RSA-2048 one, which matters
+when 10,000 clients connect at once.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import datetime as dt
 import ipaddress
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -117,6 +121,7 @@ def _make_ca(key: PrivateKey, now: dt.datetime) -> x509.Certificate:
 def _make_leaf(
     key: PrivateKey, ca_key: PrivateKey, ca_cert: x509.Certificate, sans: list[x509.GeneralName],
     now: dt.datetime, common_name: str,
+    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
 ) -> x509.Certificate:
     return (
         x509.CertificateBuilder()
@@ -128,7 +133,7 @@ def _make_leaf(
         .not_valid_after(now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
@@ -177,3 +182,45 @@ def ensure_certs(
     _write_cert(paths.server_cert, leaf)
     logger.info("wrote test certificates to %s (trust %s)", out_dir, paths.ca_cert)
     return paths
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertPaths:
+    cert: Path
+    key: Path
+    ca_cert: Path  # what the server's --client-ca points at
+
+
+# A client name becomes a file name and a DNS SAN: keep it to what both accept.
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
+
+
+def issue_client_cert(out_dir: Path, name: str, *, rsa_bits: int | None = None,
+                      extra_sans: Iterable[str] = ()) -> ClientCertPaths:
+    """Sign a client certificate for `name` with the CA in `out_dir` (made first if missing).
+
+    Always a new certificate and key (re-issuing a device's certificate is the point of
+    running it again); `client-NAME.pem` and `client-NAME.key` are overwritten."""
+    if not _CLIENT_NAME.fullmatch(name):
+        raise ValueError(f"client name {name!r}: letters, digits, dots and dashes (a DNS name)")
+    paths = ensure_certs(out_dir, rsa_bits=rsa_bits)
+    loaded = _load_ca(paths)
+    if loaded is None:
+        raise ValueError(f"{paths.ca_key} is missing or not an EC/RSA key: cannot sign")
+    ca_key, ca_cert = loaded
+    sans: list[x509.GeneralName] = [x509.DNSName(name)]
+    for extra in extra_sans:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(extra)))
+        except ValueError:
+            sans.append(x509.DNSName(extra))
+    key = _new_key(rsa_bits)
+    leaf = _make_leaf(key, ca_key, ca_cert, sans, dt.datetime.now(dt.UTC), name,
+                      ExtendedKeyUsageOID.CLIENT_AUTH)
+    out = ClientCertPaths(out_dir / f"client-{name}.pem", out_dir / f"client-{name}.key",
+                          paths.ca_cert)
+    _write_key(out.key, key)
+    _write_cert(out.cert, leaf)
+    logger.info("wrote a client certificate for %s to %s (signed by %s)", name, out.cert,
+                paths.ca_cert)
+    return out

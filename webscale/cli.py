@@ -30,6 +30,18 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="where a first start writes a throwaway CA and certificate (default: %(default)s)")
     add("--no-tls", dest="tls", action="store_false",
         help="serve plain ws:// (behind a TLS-terminating proxy)")
+    add("--client-ca", type=Path, metavar="PATH",
+        help="PEM CA certificate: clients must present a certificate it signed (mutual TLS); "
+             "reloaded on SIGHUP")
+    add("--client-cert", choices=["required", "optional"], default=d.client_cert,
+        help="with --client-ca: refuse clients without a certificate, or accept them with "
+             "handle.peer_cert None (default: %(default)s)")
+    add("--authorize", metavar="MODULE:FUNCTION",
+        help="called in the pool with each upgrade request; truthy allows (the value becomes "
+             "handle.identity), falsy is 403, webscale.Reject(status, reason) that status")
+    add("--allowed-origin", action="append", metavar="ORIGIN",
+        help="an Origin browser pages may connect from, exactly as sent (https://app.example); "
+             "repeatable, '*' for any; when given, upgrades without a listed Origin get 403")
     add("--threads", type=int, default=d.threads,
         help="thread-pool size for decoding and handlers (default: %(default)s)")
     add("--handler", help="module:function called in the pool as handler(handle, message)")
@@ -116,7 +128,10 @@ def _workers(value: str) -> int:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     names = {f.name for f in fields(Config)}
-    return Config(**{k: v for k, v in vars(args).items() if k in names}).validate()
+    values = {k: v for k, v in vars(args).items() if k in names}
+    # Repeatable flags: argparse gives a list (or None when absent), Config a tuple.
+    values["allowed_origin"] = tuple(values.get("allowed_origin") or ())
+    return Config(**values).validate()
 
 
 def setup_logging(level: str) -> None:

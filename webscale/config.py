@@ -5,6 +5,7 @@ Every default says why. Limits are compared with other servers' where that helps
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,11 @@ from .errors import ConfigError
 DecodeMode = Literal["json", "telemetry", "none"]
 InvalidJsonPolicy = Literal["keep", "close"]
 Compression = Literal["off", "deflate"]
+ClientCertMode = Literal["required", "optional"]
+
+# What a browser sends as Origin (RFC 6454 §6.2): scheme://host[:port], lower case, no path;
+# "null" for opaque origins (sandboxed frames, file: pages).
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+|null|\*")
 
 
 def _default_threads() -> int:
@@ -33,6 +39,19 @@ class Config:
     # Where a first start writes a throwaway CA and server certificate when --cert is not given.
     certs_dir: Path = Path("certs")
     tls: bool = True
+    # A CA certificate (PEM): clients must present a certificate it signed (mutual TLS). None:
+    # no client certificates are asked for.
+    client_ca: Path | None = None
+    # With --client-ca: "optional" also accepts clients without a certificate (the handler sees
+    # handle.peer_cert None); one that is presented must still verify.
+    client_cert: ClientCertMode = "required"
+    # "module:function" called in the pool with each upgrade Request; its result decides (see
+    # authorize.py). None: every upgrade that passes the other checks is accepted.
+    authorize: str | None = None
+    # Origins a browser page may connect from (exact matches, "*" for any); when given, an
+    # upgrade without a listed Origin gets 403. Empty: Origin is not checked, since devices and
+    # other non-browser clients send none.
+    allowed_origin: tuple[str, ...] = ()
     threads: int = field(default_factory=_default_threads)
     # "module:function" called in the pool with (handle, message); None counts and drops.
     handler: str | None = None
@@ -129,7 +148,29 @@ class Config:
             raise ConfigError("--handler must be module:function")
         if self.message_type is not None and ":" not in self.message_type:
             raise ConfigError("--message-type must be module:Class")
+        if self.authorize is not None and ":" not in self.authorize:
+            raise ConfigError("--authorize must be module:function")
+        self._validate_client_certs()
+        if isinstance(self.allowed_origin, str):
+            raise ConfigError("allowed_origin is a tuple of origins, not one string")
+        for origin in self.allowed_origin:
+            if not _ORIGIN.fullmatch(origin) or origin != origin.lower():
+                raise ConfigError(f"--allowed-origin {origin!r}: an origin is scheme://host[:port] "
+                                  "in lower case, without a path or trailing slash (as browsers "
+                                  "send it), or '*'")
         return self
+
+    def _validate_client_certs(self) -> None:
+        if self.client_cert not in ("required", "optional"):
+            raise ConfigError("--client-cert must be required or optional")
+        if self.client_ca is None:
+            if self.client_cert == "optional":
+                raise ConfigError("--client-cert optional needs --client-ca")
+            return
+        if not self.tls:
+            raise ConfigError("--client-ca needs TLS (it cannot be used with --no-tls)")
+        if not self.client_ca.is_file():
+            raise ConfigError(f"--client-ca {self.client_ca} does not exist")
 
     @property
     def scheme(self) -> str:

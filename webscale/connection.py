@@ -93,6 +93,11 @@ class Owner(Protocol):
         """The transport is closed; `conn.close_code` says how a WebSocket ended (0: none)."""
         ...
 
+    def tls_failed(self, conn: Connection, reason: str, error: BaseException) -> None:
+        """The TLS handshake failed (already counted); `reason` is `tls.failure_reason`'s.
+        The transport closes right after."""
+        ...
+
 
 # Reads per readiness event before yielding to other connections (fairness under load).
 _READS_PER_EVENT = 8
@@ -195,9 +200,9 @@ class Connection:
         try:
             want = tls.handshake_step(self.sock)
         except (ssl.SSLError, OSError) as exc:
-            self.stats.tls_handshake_failures += 1
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("conn %d: TLS handshake failed: %s", self.conn_id, exc)
+            reason = tls.failure_reason(exc)
+            self.stats.count_tls_failure(reason)
+            self.owner.tls_failed(self, reason, exc)
             self._close_transport()
             return
         self.tls_want = want

@@ -45,6 +45,18 @@ _SCALARS: tuple[tuple[str, str, str, str], ...] = (
     ("uptime_seconds", "webscale_uptime_seconds", "gauge", "seconds since start"),
 )
 
+# (snapshot key, metric name, label, help): counters kept per reason or code. The by-reason
+# families have their own names: mixed into the unlabelled total's family, sum() would count
+# every failure twice.
+_LABELLED: tuple[tuple[str, str, str, str], ...] = (
+    ("closes_by_code", "webscale_closes_total", "code", "WebSocket closes by close code"),
+    ("tls_handshake_failures_by_reason", "webscale_tls_handshake_failures_by_reason_total",
+     "reason", "TLS handshakes that failed, by reason (no_certificate, unknown_ca, "
+     "bad_certificate, other)"),
+    ("upgrades_refused_by_reason", "webscale_upgrades_refused_total", "reason",
+     "upgrade requests refused by --allowed-origin or the --authorize hook, by reason"),
+)
+
 _HISTOGRAMS = (
     ("handler_seconds", "webscale_handler_seconds", "decode + handler time per message"),
     ("loop_lag_seconds", "webscale_loop_iteration_seconds", "time the loop spends per iteration"),
@@ -64,10 +76,10 @@ def render_prometheus(snapshot: dict[str, Any], labels: str = "") -> str:
             continue
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}",
                   f"{name}{_labels(labels)} {snapshot[key]}"]
-    name = "webscale_closes_total"
-    lines += [f"# HELP {name} WebSocket closes by close code", f"# TYPE {name} counter"]
-    for code, count in snapshot.get("closes_by_code", {}).items():
-        lines.append(f'{name}{{{labels}{sep}code="{code}"}} {count}')
+    for key, name, label, help_text in _LABELLED:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+        for value, count in snapshot.get(key, {}).items():
+            lines.append(f'{name}{{{labels}{sep}{label}="{value}"}} {count}')
     for key, name, help_text in _HISTOGRAMS:
         hist = snapshot.get(key)
         if not hist:

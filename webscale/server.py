@@ -3,12 +3,18 @@
 How this works: `Server.start()` binds (or adopts socket-activated) listeners and registers them
 with the loop; each readable listener is accepted until EAGAIN, each client wrapped for TLS and
 handed to a `Connection`, whose owner the server is (`connection.Owner`): it answers plain
-requests with `routes.route`, decides upgrades (503 past --max-connections or while draining),
-gives each WebSocket a mailbox in the dispatcher and a handle for its handler, and forgets
-connections when they close. `serve_forever()` runs the loop through the process scaffold:
-SIGTERM/SIGINT begin a drain (stop accepting, close every WebSocket with 1001, let the pool finish
-what was received) bounded by --shutdown-timeout; a second SIGINT exits at once; SIGHUP reloads
-the certificate for new connections.
+requests with `routes.route`, decides upgrades, gives each WebSocket a mailbox in the dispatcher
+and a handle for its handler, and forgets connections when they close.
+
+Who gets in, in order: the TLS handshake (with --client-ca, a client certificate that CA signed);
+then, for the upgrade request, 503 past --max-connections or while draining, then admission.py:
+403 for an Origin --allowed-origin does not list, and the --authorize hook, run in the thread
+pool. --handshake-timeout covers all of it.
+
+`serve_forever()` runs the loop through the process scaffold: SIGTERM/SIGINT begin a drain (stop
+accepting, close every WebSocket with 1001, let the pool finish what was received) bounded by
+--shutdown-timeout; a second SIGINT exits at once; SIGHUP reloads the certificate and the client
+CA for new connections.
 
 The service manager hears about all of this through a `Notifier` (systemd.SystemdNotifier, a no-op
 without $NOTIFY_SOCKET): READY=1 once listening, STATUS= with connection counts, WATCHDOG=1 from a
@@ -32,6 +38,8 @@ from typing import Any, Protocol
 
 from . import fastmask, limits, routes, tls
 from .app import App, resolve
+from .admission import Admission
+from .authorize import Authorizer, OriginPolicy
 from .config import Config
 from .connection import Connection, ConnectionSettings
 from .dispatch import Decoder, Dispatcher, Handler
@@ -81,7 +89,8 @@ class Server:
                  decode: Decoder | None = None,
                  listen_sockets: list[socket.socket] | None = None,
                  notifier: Notifier | None = None, worker_id: int | None = None,
-                 peer_stats: PeerStats | None = None) -> None:
+                 peer_stats: PeerStats | None = None,
+                 authorize: Authorizer | None = None) -> None:
         self.config = config
         # Set under a supervisor: shown in /stats and as a metrics label; the parent's pid is
         # watched so a worker orphaned by a killed supervisor drains instead of living on.
@@ -112,6 +121,10 @@ class Server:
             close_on_invalid=config.invalid_json == "close",
             max_in_flight_per_connection=config.max_in_flight_per_connection,
             max_in_flight_total=config.max_in_flight_total, batch_linger=config.batch_linger)
+        self.admission = Admission(self.loop, self.dispatcher.pool, self.stats, admit=self._admit,
+                                   origins=OriginPolicy(config.allowed_origin),
+                                   authorizer=authorize,
+                                   handshake_timeout=config.handshake_timeout)
         self.max_connections = config.max_connections or _default_max_connections()
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
@@ -132,7 +145,8 @@ class Server:
 
             paths = ensure_certs(self.config.certs_dir)
             cert, key = paths.server_cert, paths.server_key
-        return tls.make_server_context(cert, key)
+        return tls.make_server_context(cert, key, self.config.client_ca,
+                                       self.config.client_cert == "required")
 
     def start(self) -> None:
         if fastmask.install():
@@ -203,7 +217,7 @@ class Server:
         try:
             wrapped = tls.wrap(self.ssl_context, sock)
         except (ssl.SSLError, OSError) as exc:
-            self.stats.tls_handshake_failures += 1
+            self.stats.count_tls_failure(tls.failure_reason(exc))
             logger.debug("TLS wrap failed for %s: %r", address, exc)
             sock.close()
             return
@@ -244,9 +258,21 @@ class Server:
             self.stats.connections_rejected += 1
             conn.respond(Response.text(503))
             return
-        handle = ConnectionHandle(self.loop, conn, conn.conn_id, conn.address, conn.peer_cert)
+        self.admission.check(conn, request)
+
+    def _admit(self, conn: Connection, identity: Any) -> None:
+        """Admission let `conn` in (at once, or once the --authorize hook answered)."""
+        if self._draining:  # began while the hook ran
+            self.stats.connections_rejected += 1
+            conn.respond(Response.text(503))
+            return
+        handle = ConnectionHandle(self.loop, conn, conn.conn_id, conn.address, conn.peer_cert,
+                                  identity)
         self.dispatcher.open(conn, handle)
         conn.accept_upgrade()
+
+    def tls_failed(self, conn: Connection, reason: str, error: BaseException) -> None:
+        self.admission.tls_failed(conn, reason, error)
 
     def on_message(self, conn: Connection, data: str | bytes) -> None:
         self.dispatcher.deliver(conn, data)
@@ -309,7 +335,9 @@ class Server:
         except (ssl.SSLError, OSError) as exc:
             logger.error("certificate reload failed, keeping the old one: %s", exc)
             return
-        logger.info("certificate reloaded; new connections use it")
+        client_ca = self.config.client_ca
+        logger.info("certificate reloaded%s; new connections use it",
+                    f" with client CA {client_ca}" if client_ca is not None else "")
 
     def begin_shutdown(self, why: str) -> None:
         if self._draining:
@@ -406,7 +434,7 @@ def run(config: Config, *, app: App | None = None,
                         len(listen_sockets), config.host, config.port)
     server = Server(config, handler=app.handler, decode=app.decode,
                     listen_sockets=listen_sockets or None, worker_id=worker_id,
-                    peer_stats=peer_stats)
+                    peer_stats=peer_stats, authorize=app.authorize)
     warning = limits.check_connection_budget(server.max_connections, soft)
     if warning:
         logger.warning("%s", warning)

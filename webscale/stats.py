@@ -10,6 +10,8 @@ import bisect
 from collections import Counter
 from typing import Any
 
+from .tls import FAILURE_REASONS
+
 
 class Histogram:
     """Cumulative-bucket histogram in the Prometheus sense; `bounds` are upper bounds."""
@@ -47,7 +49,8 @@ LOOP_LAG_BOUNDS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 
 class Stats:
     __slots__ = ("connections_open", "connections_total", "connections_rejected",
-                 "tls_handshake_failures", "ws_handshake_failures", "handshake_timeouts",
+                 "tls_handshake_failures", "tls_handshake_failures_by_reason",
+                 "upgrades_refused_by_reason", "ws_handshake_failures", "handshake_timeouts",
                  "http_requests", "messages_received", "messages_decoded", "messages_handled",
                  "decode_errors", "handler_errors", "bytes_in", "bytes_out", "messages_out",
                  "in_flight", "pool_queue_depth", "pool_gil_bound", "paused_connections",
@@ -59,6 +62,11 @@ class Stats:
         self.connections_total = 0
         self.connections_rejected = 0
         self.tls_handshake_failures = 0
+        # Every reason present from the start, so /stats and /metrics show the zeros.
+        self.tls_handshake_failures_by_reason: Counter[str] = Counter(
+            dict.fromkeys(FAILURE_REASONS, 0))
+        # Upgrades refused by policy (Origin, the --authorize hook), by reason.
+        self.upgrades_refused_by_reason: Counter[str] = Counter()
         self.ws_handshake_failures = 0
         self.handshake_timeouts = 0
         self.http_requests = 0
@@ -79,6 +87,10 @@ class Stats:
         self.handler_seconds = Histogram(HANDLER_BOUNDS)
         self.loop_lag_seconds = Histogram(LOOP_LAG_BOUNDS)
         self.started_at = started_at
+
+    def count_tls_failure(self, reason: str) -> None:
+        self.tls_handshake_failures += 1
+        self.tls_handshake_failures_by_reason[reason] += 1
 
     def snapshot(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -9,6 +9,11 @@ the same helpers: they raise only BlockingIOError.
 
 After a TLS read, OpenSSL may hold decrypted bytes the selector cannot see: callers check
 `pending_plaintext()` and read again instead of waiting for readiness that will never come.
+
+Client certificates (mutual TLS): with a client CA the context asks every client for a
+certificate and OpenSSL verifies it against that CA during the handshake (chain, validity dates,
+the clientAuth purpose); a client without one fails the handshake when one is required.
+`failure_reason()` sorts a failed handshake into a few reasons for /stats and the logs.
 """
 
 from __future__ import annotations
@@ -26,11 +31,19 @@ class Want(enum.Enum):
     WRITE = "write"
 
 
-def make_server_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """The one place a server SSLContext is built: TLS >= 1.2, ALPN http/1.1, no compression."""
+def make_server_context(cert: Path, key: Path, client_ca: Path | None = None,
+                        client_cert_required: bool = True) -> ssl.SSLContext:
+    """The one place a server SSLContext is built: TLS >= 1.2, ALPN http/1.1, no compression.
+
+    With `client_ca`, clients are asked for a certificate signed by it: without one the
+    handshake fails when `client_cert_required`, and succeeds otherwise (a certificate that is
+    presented is always verified: one from another CA fails either way)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))
+    if client_ca is not None:
+        ctx.load_verify_locations(cafile=str(client_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED if client_cert_required else ssl.CERT_OPTIONAL
     ctx.set_alpn_protocols(["http/1.1"])
     # No session tickets' state to keep per connection beyond OpenSSL's defaults; disabling
     # renegotiation (TLS 1.2) closes a CPU-exhaustion vector a client could otherwise use.
@@ -38,6 +51,25 @@ def make_server_context(cert: Path, key: Path) -> ssl.SSLContext:
     # ECDHE only, AEAD ciphers first (OpenSSL's TLS 1.3 suites are already AEAD-only).
     ctx.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
     return ctx
+
+
+# Why a handshake failed, as /stats and /metrics count it (tls_handshake_failures_by_reason).
+FAILURE_REASONS = ("no_certificate", "unknown_ca", "bad_certificate", "other")
+# X.509 verify results (OpenSSL's X509_V_ERR_*) that mean "not signed by a CA we trust":
+# unable to get issuer certificate (2), self-signed leaf (18), self-signed certificate in the
+# chain (19), unable to get the issuer locally (20), unable to verify the leaf's signature (21).
+_UNKNOWN_CA_CODES = frozenset({2, 18, 19, 20, 21})
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Sort a failed server handshake: no client certificate, one from a CA we do not trust, one
+    we reject for another reason (expired, wrong purpose, bad signature), or anything else (a
+    scanner, a client that closed, a client that does not trust *our* certificate)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "unknown_ca" if exc.verify_code in _UNKNOWN_CA_CODES else "bad_certificate"
+    if isinstance(exc, ssl.SSLError) and exc.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+        return "no_certificate"
+    return "other"
 
 
 def wrap(ctx: ssl.SSLContext | None, sock: socket.socket) -> socket.socket:
