@@ -99,3 +99,24 @@ def test_readable_socket_dispatches_to_handler() -> None:
     a.close()
     b.close()
     loop.close()
+
+
+def test_coarse_timers_are_never_early_share_wake_ups_and_cancel() -> None:
+    from webscale.loop import COARSE_TICK
+
+    loop = EventLoop()
+    fired: list[tuple[str, float]] = []
+    start = time.monotonic()
+    for name, delay in (("b", 0.25), ("a", 0.05), ("a2", 0.06), ("c", 0.3)):
+        loop.call_coarse(delay, lambda n=name, d=delay: fired.append((n, time.monotonic() - start
+                                                                      - d)))
+    loop.call_coarse(0.1, fired.append, ("cancelled", 0.0)).cancel()
+    end = time.monotonic() + 5 * UNIT
+    while len(fired) < 4 and time.monotonic() < end:
+        loop.run_once()  # sleeps until the next tick: nothing else wakes it
+    assert [name for name, _ in fired] == ["a", "a2", "b", "c"]
+    assert all(0 <= late <= COARSE_TICK + 0.05 * UNIT for _, late in fired)
+    # One wake-up per tick that has timers (the cancelled one's included): at most five.
+    assert loop.iterations <= 5
+    assert loop._coarse == {} and loop._coarse_next == 0
+    loop.close()

@@ -130,6 +130,9 @@ class Config:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+        if self.read_chunk_bytes <= 16384:
+            # A read shorter than the chunk must mean "drained": a TLS read returns one record.
+            raise ConfigError("--read-chunk-bytes must be above 16384 (a TLS record's plaintext)")
         if self.handshake_timeout <= 0:
             raise ConfigError("--handshake-timeout must be positive")
         if self.worker_hang_timeout < 2:

@@ -107,8 +107,8 @@ class Connection:
     __slots__ = ("conn_id", "loop", "sock", "address", "proto", "settings", "owner", "stats",
                  "transport", "out", "out_bytes", "interest", "tls_want", "read_wants_write",
                  "write_wants_read", "reading_paused", "upgrade_pending", "websocket",
-                 "handshake_timer", "keepalive_timer", "pong_timer", "close_timer",
-                 "awaiting_pong", "last_recv", "ping_count", "close_code", "outstanding",
+                 "handshake_timer", "keepalive_timer", "close_timer", "awaiting_pong",
+                 "ping_sent_at", "last_recv", "ping_count", "close_code", "outstanding",
                  "peer_cert", "_on_message")
 
     def __init__(self, loop: EventLoop, sock: socket.socket, protocol: ServerProtocol,
@@ -135,12 +135,13 @@ class Connection:
         self.reading_paused = False   # backpressure from the dispatcher
         self.upgrade_pending = False  # the owner is deciding an upgrade: read nothing more
         self.websocket = False        # the upgrade was accepted (a handle exists)
-        self.handshake_timer: Timer | None = loop.call_later(settings.handshake_timeout,
-                                                             self._handshake_timed_out)
+        # Coarse timers (loop.call_coarse): deadlines of seconds need no better than 100 ms.
+        self.handshake_timer: Timer | None = loop.call_coarse(settings.handshake_timeout,
+                                                              self._handshake_timed_out)
         self.keepalive_timer: Timer | None = None
-        self.pong_timer: Timer | None = None
         self.close_timer: Timer | None = None
         self.awaiting_pong = b""
+        self.ping_sent_at = 0.0
         self.last_recv = loop.now
         self.ping_count = 0
         self.close_code = 0
@@ -241,11 +242,12 @@ class Connection:
             if (not size or self.reading_paused or self.upgrade_pending
                     or self.transport is Transport.CLOSED):
                 break
-            if size < chunk and not tls.pending_plaintext(sock):
+            if size < chunk:
                 # Probably drained: a TLS read returns at most one record, and at one message
                 # per second the next is not there yet. Asking again would cost a syscall and
                 # an SSLWantReadError per message; level-triggered epoll reports anything
-                # left in the kernel on the next iteration.
+                # left in the kernel on the next iteration, and a short read leaves nothing
+                # decrypted inside OpenSSL (chunk > tls.MAX_RECORD_PLAINTEXT, config checks).
                 break
         else:
             # Read budget spent: let other connections run. Bytes still in the kernel wake the
@@ -265,9 +267,6 @@ class Connection:
             elif kind is PongReceived:
                 if event.payload == self.awaiting_pong:  # type: ignore[union-attr]
                     self.awaiting_pong = b""
-                    if self.pong_timer is not None:
-                        self.pong_timer.cancel()
-                        self.pong_timer = None
             elif kind is RequestReceived:
                 self._on_request(event)  # type: ignore[arg-type]
             elif kind is Closed:
@@ -459,18 +458,28 @@ class Connection:
             self.proto.abort()
             self._close_transport()
 
-    def _arm_keepalive(self) -> None:
+    def _arm_keepalive(self, delay: float | None = None) -> None:
         settings = self.settings
-        period = settings.ping_interval or settings.idle_timeout
-        if period > 0:
-            self.keepalive_timer = self.loop.call_later(period, self._keepalive)
+        if delay is None:
+            delay = settings.ping_interval or settings.idle_timeout
+        if delay > 0:
+            self.keepalive_timer = self.loop.call_coarse(delay, self._keepalive)
 
     def _keepalive(self) -> None:
+        """Every --ping-interval: drop a peer whose pong is overdue or that is idle, else ping."""
         self.keepalive_timer = None
         if self.proto.phase is not Phase.OPEN or self.closed:
             return
         settings = self.settings
-        if settings.idle_timeout and self.loop.now - self.last_recv >= settings.idle_timeout:
+        now = self.loop.now
+        if self.awaiting_pong and now - self.ping_sent_at >= settings.ping_timeout > 0:
+            logger.info("conn %d: no pong from %s within %.1fs, dropping", self.conn_id,
+                        self.address, settings.ping_timeout)
+            self._record_close(1011)
+            self.proto.abort()
+            self._close_transport()
+            return
+        if settings.idle_timeout and now - self.last_recv >= settings.idle_timeout:
             self.close(1001, "idle timeout")
             return
         if settings.ping_interval and not self.awaiting_pong:
@@ -478,20 +487,17 @@ class Connection:
             payload = self.ping_count.to_bytes(4, "big")
             if self.proto.send_ping(payload):
                 self.awaiting_pong = payload
-                if settings.ping_timeout:
-                    self.pong_timer = self.loop.call_later(settings.ping_timeout,
-                                                           self._pong_missed)
+                self.ping_sent_at = now
                 self._flush()
-        self._arm_keepalive()
-
-    def _pong_missed(self) -> None:
-        self.pong_timer = None
-        if self.awaiting_pong and self.proto.phase is Phase.OPEN and not self.closed:
-            logger.info("conn %d: no pong from %s within %.1fs, dropping", self.conn_id,
-                        self.address, self.settings.ping_timeout)
-            self._record_close(1011)
-            self.proto.abort()
-            self._close_transport()
+        # Back at the next of: the pong's deadline, the next ping, the idle deadline.
+        delays = []
+        if settings.ping_interval:
+            delays.append(settings.ping_timeout if self.awaiting_pong and settings.ping_timeout
+                          else settings.ping_interval)
+        if settings.idle_timeout:
+            delays.append(settings.idle_timeout - (now - self.last_recv))
+        if delays:
+            self._arm_keepalive(max(0.0, min(delays)))
 
     def _arm_close_timer(self) -> None:
         if self.close_timer is None:
@@ -545,11 +551,10 @@ class Connection:
         if self.transport is Transport.CLOSED:
             return
         self._enter(Transport.CLOSED, "transport closed")
-        for timer in (self.handshake_timer, self.keepalive_timer, self.pong_timer,
-                      self.close_timer):
+        for timer in (self.handshake_timer, self.keepalive_timer, self.close_timer):
             if timer is not None:
                 timer.cancel()
-        self.handshake_timer = self.keepalive_timer = self.pong_timer = self.close_timer = None
+        self.handshake_timer = self.keepalive_timer = self.close_timer = None
         if self.interest:
             try:
                 self.loop.unregister(self.sock)

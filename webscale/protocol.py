@@ -6,12 +6,17 @@ malformed head). The head surfaces as `RequestReceived` and the connection's own
 a plain request with `respond()` (then the connection closes), an upgrade with `accept_upgrade()`
 or `respond()` (a refusal). Until then the protocol waits in AWAITING_RESPONSE / UPGRADE_PENDING;
 bytes that came after the head are kept and fed in after the accept. A WebSocket upgrade is
-checked by a `wsproto.WSConnection` before it surfaces (a bad key or version is a 400 at once), and
-after the accept only its frame-level connection is kept. In OPEN, wsproto's events become ours:
-pings are answered here (wsproto does not), fragments are reassembled under `max_message_size`
-(wsproto has no limit; too big closes with 1009, RFC 6455 §7.4.1), and the close handshake is
-completed with the right code. A protocol violation parks the connection in FAILING until the
-pool has answered what came before it (`fail_now()` then sends the close frame).
+checked by a `wsproto.WSConnection` before it surfaces (a bad key or version is a 400 at once),
+which also writes the 101. From then on the WebSocket is wsproto's frame state machine,
+`FrameProtocol` (framing, masking, fragmentation rules, UTF-8 and close-code validation,
+extensions), fed whole reads; its frames are taken in bulk and become our events directly, without
+wsproto's `Connection` wrapper: that wrapper's own OPEN/CLOSING state would be a second copy of
+our phase, and its per-frame generator and event objects cost ~2.5 us of the ~10 us a 10 KB
+message takes (benchmarks/decode_cost.py). Pings are answered here, fragments are reassembled
+under `max_message_size` (wsproto has no limit; too big closes with 1009, RFC 6455 §7.4.1), and
+the close handshake is completed with the right code. A protocol violation (wsproto's
+ParseFailed) parks the connection in FAILING until the pool has answered what came before it
+(`fail_now()` then sends the close frame).
 
 This is the one state machine of a connection's HTTP and WebSocket life; the connection layer
 only tracks its transport. This module never touches sockets, threads or clocks: the connection
@@ -28,18 +33,9 @@ from typing import cast
 
 import h11
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import Connection as WsFrameConnection
-from wsproto.connection import ConnectionState as WsState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    Pong,
-    Request,
-    TextMessage,
-)
+from wsproto.events import AcceptConnection, Request
 from wsproto.extensions import Extension
+from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 from wsproto.utilities import RemoteProtocolError
 
 from .deflate import NegotiatedDeflate
@@ -118,6 +114,9 @@ class HandshakeFailed:
 
 Event = RequestReceived | MessageReceived | PongReceived | Closed | HandshakeFailed
 
+_TEXT, _BINARY, _PING, _PONG, _CLOSE = (Opcode.TEXT, Opcode.BINARY, Opcode.PING, Opcode.PONG,
+                                        Opcode.CLOSE)
+
 # What the peer reads in our close frame when it broke the protocol (RFC 6455 §7.4.1).
 _CLOSE_REASONS = {1002: "protocol error", 1007: "invalid message data", 1009: "message too big"}
 
@@ -142,7 +141,7 @@ class ServerProtocol:
         self._h11: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self._handshake: WSConnection | None = None  # only while an upgrade is pending
-        self._ws: WsFrameConnection | None = None
+        self._ws: FrameProtocol | None = None
         self._out: list[bytes] = []
         self._parts: list[str | bytes] = []
         self._part_bytes = 0
@@ -187,9 +186,11 @@ class ServerProtocol:
         """Feed bytes from the peer (b"" at end of stream); return what they caused."""
         phase = self.phase
         if phase is Phase.OPEN or phase is Phase.CLOSING:
+            if not data:
+                return self._end_of_stream()
             ws = self._ws
             assert ws is not None
-            ws.receive_data(data or None)
+            ws.receive_bytes(data)
             return self._drain_ws_events()
         if phase is Phase.REQUEST_HEAD:
             return self._receive_head(data)
@@ -269,18 +270,17 @@ class ServerProtocol:
         except ValueError as exc:  # a deflate offer such as client_max_window_bits=abc
             return [self._refuse(400, f"bad Sec-WebSocket-Extensions: {exc}")]
         self._out.append(accept)
-        # Keep only the frame-level connection: the WSConnection wrapper would keep wsproto's
-        # whole handshake (an h11.Connection, the request's headers, two deques) alive for the
-        # life of the connection, several KiB per idle client.
-        self._ws = ws.connection
+        # wsproto's frame state machine with the extensions the handshake agreed to; the
+        # WSConnection (an h11.Connection, the request's headers) is dropped: several KiB per
+        # idle client.
+        self._ws = FrameProtocol(client=False, extensions=extensions)
         self._handshake = None
         self.extensions = tuple(type(ext).__name__ for ext in extensions if ext.enabled())
         self._move(Phase.OPEN, "upgrade accepted")
         pending, self._pending_input = self._pending_input, b""
         if not pending:
             return []
-        assert self._ws is not None
-        self._ws.receive_data(pending)
+        self._ws.receive_bytes(pending)
         return self._drain_ws_events()
 
     def respond(self, response: Response, head_only: bool = False) -> None:
@@ -303,27 +303,29 @@ class ServerProtocol:
         ws = self._ws
         assert ws is not None
         out: list[Event] = []
-        for event in ws.events():
-            kind = type(event)
-            if kind is TextMessage or kind is BytesMessage:
-                message = self._collect(event)  # type: ignore[arg-type]
-                if message is not None:
-                    out.append(message)
-            elif kind is Ping:
-                if ws.state is WsState.OPEN:
-                    self._out.append(ws.send(cast(Ping, event).response()))
-            elif kind is Pong:
-                out.append(PongReceived(bytes(cast(Pong, event).payload)))
-            elif kind is CloseConnection:
-                out.append(self._on_close(event))  # type: ignore[arg-type]
-                break
+        try:
+            for frame in ws.received_frames():
+                opcode = frame.opcode
+                if opcode is _TEXT or opcode is _BINARY:
+                    message = self._collect(frame.payload, frame.message_finished)
+                    if message is not None:
+                        out.append(message)
+                elif opcode is _PING:
+                    if self.phase is Phase.OPEN:
+                        self._out.append(ws.pong(frame.payload))
+                elif opcode is _PONG:
+                    out.append(PongReceived(bytes(frame.payload)))
+                elif opcode is _CLOSE:
+                    code, reason = frame.payload
+                    out.append(self._on_close(code, reason))
+                    break
+        except ParseFailed as exc:
+            out.append(self._on_violation(exc.code, str(exc)))
         return out
 
-    def _collect(self, event: TextMessage | BytesMessage) -> MessageReceived | None:
+    def _collect(self, data: str | bytes, finished: bool) -> MessageReceived | None:
         if self._discarding or self.phase is Phase.CLOSED:
             return None
-        # wsproto hands bytes (not bytearray) for binary frames; say so for the type checker.
-        data = cast(str | bytes, event.data)
         size = len(data) + self._part_bytes
         if size > self.limits.max_message_size:
             self._discarding = True
@@ -331,7 +333,7 @@ class ServerProtocol:
             self._part_bytes = 0
             self.close(1009, "message too big")
             return None
-        if event.message_finished:
+        if finished:
             if self._parts:
                 self._parts.append(data)
                 joined: str | bytes = ("".join(cast(list[str], self._parts))
@@ -345,32 +347,36 @@ class ServerProtocol:
         self._part_bytes = size
         return None
 
-    def _on_close(self, event: CloseConnection) -> Closed:
+    def _on_close(self, code: int, reason: str) -> Closed:
+        """The peer's close frame (wsproto checked its code and reason)."""
         ws = self._ws
         assert ws is not None
-        state = ws.state
-        if state is WsState.REMOTE_CLOSING:
+        if self.phase is Phase.OPEN:
             # The peer started the close: echo its code (RFC 6455 §5.5.1) and drop TCP.
-            self._out.append(ws.send(event.response()))
-            self._move(Phase.CLOSED, f"peer close {event.code}")
-            return Closed(event.code, event.reason or "", True)
-        if state is WsState.CLOSED:
-            # Either the reply to our close, or end of stream (wsproto reports 1006).
-            by_peer = event.code == 1006 and self._close_code == 0
-            code = self._close_code or event.code
-            if self.phase is not Phase.CLOSED:
-                self._move(Phase.CLOSED, f"close complete {event.code}")
-            return Closed(code, event.reason or "", by_peer)
-        # Still OPEN/LOCAL_CLOSING: wsproto found a protocol violation (ParseFailed) and reports
-        # the code to fail the connection with (1002, 1007, ...). Nothing more is read. The
-        # close frame waits in FAILING until the replies to messages received before the
-        # violation are out (the connection calls fail_now()), so none of them is lost.
-        self._close_code = self._close_code or event.code
-        if state is WsState.OPEN:
-            self._move(Phase.FAILING, f"protocol error {event.code}")
+            self._out.append(ws.close(code, reason))
+            self._move(Phase.CLOSED, f"peer close {code}")
+            return Closed(code, reason or "", True)
+        # CLOSING: the reply to our close.
+        self._move(Phase.CLOSED, f"close complete {code}")
+        return Closed(self._close_code or code, reason or "", False)
+
+    def _end_of_stream(self) -> list[Event]:
+        """The transport ended without a close frame (1006) or after ours went unanswered."""
+        self._move(Phase.CLOSED, "end of stream")
+        return [Closed(self._close_code or 1006, "", self._close_code == 0)]
+
+    def _on_violation(self, code: int, reason: str) -> Closed:
+        """wsproto found a protocol violation and says which code to fail with (1002, 1007...).
+
+        Nothing more is read. In OPEN the close frame waits in FAILING until the replies to
+        messages received before the violation are out (the connection calls fail_now()), so
+        none of them is lost; while closing, the transport just goes."""
+        self._close_code = self._close_code or code
+        if self.phase is Phase.OPEN:
+            self._move(Phase.FAILING, f"protocol error {code}")
         else:
-            self._move(Phase.CLOSED, f"protocol error {event.code} while closing")
-        return Closed(event.code, event.reason or "", False)
+            self._move(Phase.CLOSED, f"protocol error {code} while closing")
+        return Closed(code, reason, False)
 
     def fail_now(self) -> None:
         """Send the close frame of a protocol failure (FAILING); then drop the transport."""
@@ -379,28 +385,24 @@ class ServerProtocol:
         assert self._ws is not None
         # wsproto's reason is a parser message; the peer gets a fixed phrase instead.
         code = self._close_code
-        self._out.append(self._ws.send(CloseConnection(code, _CLOSE_REASONS.get(code, ""))))
+        self._out.append(self._ws.close(code, _CLOSE_REASONS.get(code, "")))
         self._move(Phase.CLOSED, f"failed with {code}")
 
     # -- output ---------------------------------------------------------------------------
     def send_message(self, data: str | bytes) -> bool:
         """Queue a message; False when the connection can no longer send."""
-        ws = self._ws
         phase = self.phase
-        if ((phase is not Phase.OPEN and phase is not Phase.FAILING) or ws is None
-                or ws.state is not WsState.OPEN):
+        ws = self._ws
+        if (phase is not Phase.OPEN and phase is not Phase.FAILING) or ws is None:
             return False
-        if isinstance(data, str):
-            self._out.append(ws.send(TextMessage(data=data)))
-        else:
-            self._out.append(ws.send(BytesMessage(data=data)))
+        self._out.append(ws.send_data(data, True))
         return True
 
     def send_ping(self, payload: bytes) -> bool:
         ws = self._ws
-        if self.phase is not Phase.OPEN or ws is None or ws.state is not WsState.OPEN:
+        if self.phase is not Phase.OPEN or ws is None:
             return False
-        self._out.append(ws.send(Ping(payload=payload)))
+        self._out.append(ws.ping(payload))
         return True
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -408,8 +410,7 @@ class ServerProtocol:
         phase = self.phase
         if phase is Phase.OPEN:
             assert self._ws is not None
-            if self._ws.state is WsState.OPEN:
-                self._out.append(self._ws.send(CloseConnection(code, reason)))
+            self._out.append(self._ws.close(code, reason))
             self._close_code = code
             self._move(Phase.CLOSING, f"local close {code}")
         elif phase is Phase.FAILING:

@@ -92,9 +92,13 @@ def handshake_step(sock: socket.socket) -> Want | None:
 
 
 def recv(sock: socket.socket, size: int) -> bytes | Want:
-    """Read up to `size` bytes; b"" is end of stream. Raises OSError on a broken connection."""
+    """Read up to `size` bytes; b"" is end of stream. Raises OSError on a broken connection.
+
+    A TLS read returns at most one record's plaintext (16 KiB at most), so with `size` above
+    that nothing decrypted is left inside OpenSSL when fewer than `size` bytes come back."""
     try:
-        return sock.recv(size)
+        # SSLSocket.read skips recv()'s flag checks: one Python frame less per message.
+        return sock.read(size) if type(sock) is ssl.SSLSocket else sock.recv(size)
     except (ssl.SSLWantReadError, BlockingIOError, InterruptedError):
         return Want.READ
     except ssl.SSLWantWriteError:
@@ -112,6 +116,10 @@ def send(sock: socket.socket, data: bytes) -> int | Want:
         return Want.WRITE
     except ssl.SSLWantReadError:
         return Want.READ
+
+
+# A TLS record carries at most this much plaintext (RFC 8446 §5.1).
+MAX_RECORD_PLAINTEXT = 16384
 
 
 def pending_plaintext(sock: socket.socket) -> int:
