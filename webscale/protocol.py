@@ -142,7 +142,7 @@ class ServerProtocol:
             h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self._handshake: WSConnection | None = None  # only while an upgrade is pending
         self._ws: FrameProtocol | None = None
-        self._out: list[bytes] = []
+        self._out: list[bytes | bytearray] = []
         self._parts: list[str | bytes] = []
         self._part_bytes = 0
         self._discarding = False
@@ -164,7 +164,7 @@ class ServerProtocol:
         """The WebSocket is established and not closing: messages may be sent."""
         return self.phase is Phase.OPEN
 
-    def data_to_send(self) -> bytes:
+    def data_to_send(self) -> bytes | bytearray:
         out = self._out
         if not out:
             return b""
@@ -307,16 +307,17 @@ class ServerProtocol:
             for frame in ws.received_frames():
                 opcode = frame.opcode
                 if opcode is _TEXT or opcode is _BINARY:
-                    message = self._collect(frame.payload, frame.message_finished)
+                    message = self._collect(cast(str | bytes, frame.payload),
+                                            frame.message_finished)
                     if message is not None:
                         out.append(message)
                 elif opcode is _PING:
                     if self.phase is Phase.OPEN:
-                        self._out.append(ws.pong(frame.payload))
+                        self._out.append(ws.pong(cast(bytes, frame.payload)))
                 elif opcode is _PONG:
-                    out.append(PongReceived(bytes(frame.payload)))
+                    out.append(PongReceived(bytes(cast(bytes, frame.payload))))
                 elif opcode is _CLOSE:
-                    code, reason = frame.payload
+                    code, reason = cast(tuple[int, str], frame.payload)
                     out.append(self._on_close(code, reason))
                     break
         except ParseFailed as exc:

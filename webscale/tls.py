@@ -107,7 +107,7 @@ def recv(sock: socket.socket, size: int) -> bytes | Want:
         return b""  # the peer sent close_notify: a clean end of stream
 
 
-def send(sock: socket.socket, data: bytes) -> int | Want:
+def send(sock: socket.socket, data: bytes | bytearray) -> int | Want:
     """Write `data`; the count written, or what to wait for. A TLS write is retried with the same
     bytes after a Want (OpenSSL requires it; the context allows a moved buffer)."""
     try:
