@@ -109,7 +109,7 @@ class Connection:
                  "write_wants_read", "reading_paused", "upgrade_pending", "websocket",
                  "handshake_timer", "keepalive_timer", "close_timer", "awaiting_pong",
                  "ping_sent_at", "last_recv", "ping_count", "close_code", "outstanding",
-                 "peer_cert", "_on_message")
+                 "peer_cert")
 
     def __init__(self, loop: EventLoop, sock: socket.socket, protocol: ServerProtocol,
                  settings: ConnectionSettings, owner: Owner, stats: Stats,
@@ -122,7 +122,6 @@ class Connection:
         self.settings = settings
         self.owner = owner
         self.stats = stats
-        self._on_message = owner.on_message
         self.transport = Transport.TLS_HANDSHAKE if tls.is_tls(sock) else Transport.OPEN
         # A list, not a deque: it rarely holds more than one chunk, and an empty deque costs
         # ~740 bytes against a list's 56, per idle connection.
@@ -263,7 +262,7 @@ class Connection:
             if kind is MessageReceived:
                 self.stats.messages_received += 1
                 self.outstanding += 1
-                self._on_message(self, event.data)  # type: ignore[union-attr]
+                self.owner.on_message(self, event.data)  # type: ignore[union-attr]
             elif kind is PongReceived:
                 if event.payload == self.awaiting_pong:  # type: ignore[union-attr]
                     self.awaiting_pong = b""
