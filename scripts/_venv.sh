@@ -15,3 +15,9 @@ ensure_venv() {
         touch "$stamp"
     fi
 }
+
+commands_hint() {
+    # The installed commands live in the venv, not on PATH: say where, once per run.
+    echo "webscale and bench_client are installed in $VENV/bin;" \
+         "to use them bare: source $VENV/bin/activate" >&2
+}

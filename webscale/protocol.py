@@ -275,7 +275,7 @@ class ServerProtocol:
         # idle client.
         self._ws = FrameProtocol(client=False, extensions=extensions)
         self._handshake = None
-        self.extensions = tuple(type(ext).__name__ for ext in extensions if ext.enabled())
+        self.extensions = tuple(ext.name for ext in extensions if ext.enabled())
         self._move(Phase.OPEN, "upgrade accepted")
         pending, self._pending_input = self._pending_input, b""
         if not pending:
