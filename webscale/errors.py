@@ -5,10 +5,11 @@
     ├── StateError                  an impossible connection-state transition (a bug, never input)
     ├── ProtocolError               the peer broke a protocol rule; carries the close code to send
     │   └── MessageTooBig           a message exceeded --max-message-size (close 1009)
-    └── DecodeError                 a message is not valid JSON or not the payload's shape
+    ├── DecodeError                 a message is not valid JSON or not the payload's shape
+    └── ProxyHeaderError            a PROXY protocol header is malformed or too long
 
 Protocol errors become close codes at the connection boundary; DecodeError is counted and
-reported, never fatal to the process.
+reported, never fatal to the process; ProxyHeaderError closes that connection before TLS.
 """
 
 from __future__ import annotations
@@ -43,3 +44,7 @@ class MessageTooBig(ProtocolError):
 
 class DecodeError(WebscaleError):
     """A message could not be decoded into the payload struct."""
+
+
+class ProxyHeaderError(WebscaleError):
+    """A PROXY protocol header (proxy_protocol.py) is malformed, too long or of a kind we refuse."""
