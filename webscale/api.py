@@ -71,6 +71,9 @@ def config_argv(config: Config) -> list[str]:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "tls":
             argv.append("--no-tls")
+        elif isinstance(value, tuple):
+            for item in value:  # a repeatable flag
+                argv += [flag, str(item)]
         elif isinstance(value, Path | str | int | float):
             argv += [flag, str(value)]
     return argv
