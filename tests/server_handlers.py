@@ -58,3 +58,10 @@ def slow(handle: ConnectionHandle, message: Telemetry) -> None:
 def closer(handle: ConnectionHandle, message: Telemetry) -> None:
     """Closes the connection with an application code (4000 + seq) from the pool thread."""
     handle.close(4000 + message.seq, "closed by handler")
+
+
+def whoami(handle: ConnectionHandle, message: object) -> None:
+    """Replies with the client address the server has for this connection, as JSON [host, port]
+    (a PROXY header's client address when one was received)."""
+    host, port = handle.remote_address[:2]
+    handle.send(orjson.dumps([host, port]).decode())
