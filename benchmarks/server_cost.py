@@ -5,7 +5,9 @@ Starts a server (webscale, or the asyncio twin for comparison), drives it with b
 (N clients, one ~10 KB JSON message per client per second by default), and once every client is
 connected measures over a steady-state window:
   - server CPU (user+system from /proc for the server's whole process tree) per decoded message
-  - messages decoded per second (the server's own /stats) against messages sent
+  - messages decoded per second (the server's own /stats: webscale's admin listener, which with
+    --workers N sums every worker's figures as they are at the moment of the request; the
+    twin's own port) against messages sent
   - server RSS (whole tree) and RSS per connection minus the idle baseline
 The numbers are printed and written as JSON. Linux only (/proc).
 
@@ -82,45 +84,30 @@ def tree_rss_bytes(root: int) -> int:
     return total
 
 
-def get_stats(port: int, ctx: ssl.SSLContext, attempts: int = 3) -> dict:
-    """The server's /stats; an overloaded server (the twin at 5,000 clients) may take a while.
-
-    With `--workers N` one /stats answer is one worker's, so the counters used here are summed
-    from /metrics instead, whose series cover every worker (each up to a second old)."""
+def get_stats(stats_url: str, ctx: ssl.SSLContext, attempts: int = 3) -> dict:
+    """The server's /stats (`stats_url` from start_server); an overloaded server (the twin at
+    5,000 clients) may take a while. webscale's, from its admin listener, covers every worker
+    and is exact at the moment of the request; a worker that did not answer within the
+    supervisor's deadline is listed in `workers_missing`, and the request is repeated."""
     for attempt in range(attempts):
         try:
-            with urllib.request.urlopen(f"https://127.0.0.1:{port}/stats", context=ctx,
-                                        timeout=30) as r:
+            with urllib.request.urlopen(f"{stats_url}/stats", context=ctx, timeout=30) as r:
                 stats = json.load(r)
-            if stats.get("worker") is not None:
-                stats.update(_summed_metrics(port, ctx))
-            return stats  # type: ignore[no-any-return]
         except OSError:
             if attempt == attempts - 1:
                 raise
+            continue
+        if stats.get("workers_missing") and attempt < attempts - 1:
+            continue  # a window judged on some workers only would be wrong
+        return stats  # type: ignore[no-any-return]
     raise AssertionError("unreachable")
 
 
-_METRIC_KEYS = {"webscale_messages_decoded_total": "messages_decoded",
-                "webscale_messages_received_total": "messages_received",
-                "webscale_connections_accepted_total": "connections_total",
-                "webscale_messages_in_flight": "in_flight"}
-
-
-def _summed_metrics(port: int, ctx: ssl.SSLContext) -> dict:
-    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=ctx,
-                                timeout=30) as r:
-        text = r.read().decode()
-    sums = dict.fromkeys(_METRIC_KEYS.values(), 0)
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in _METRIC_KEYS:
-            sums[_METRIC_KEYS[name]] += int(float(line.rsplit(" ", 1)[1]))
-    return sums
-
-
-def start_server(kind: str, certs: Path, extra: list[str],
-                 switch_interval: float | None = None) -> tuple[subprocess.Popen[str], int]:
+def start_server(kind: str, certs: Path, extra: list[str], switch_interval: float | None = None
+                 ) -> tuple[subprocess.Popen[str], int, str]:
+    """Start webscale or the twin on 127.0.0.1; (process, public port, base URL of /stats):
+    webscale's admin listener (on a free port: `admin on URL` follows `listening on URL`), or the
+    twin's own port, which serves /stats itself."""
     module = "webscale" if kind == "webscale" else "bench_client.asyncio_twin"
     argv = [sys.executable, "-m", module] + (["serve"] if kind == "webscale" else [])
     preamble = os.environ.get("SERVER_PREAMBLE", "")
@@ -133,6 +120,8 @@ def start_server(kind: str, certs: Path, extra: list[str],
                      f"sys.argv[0] = {module!r}; runpy.run_module({module!r}, run_name='__main__')"]
     argv += ["--host", "127.0.0.1", "--port", "0", "--cert", str(certs / "server.pem"),
              "--key", str(certs / "server.key"), *extra]
+    if kind == "webscale" and "--admin" not in extra:
+        argv += ["--admin", "127.0.0.1:0"]
     if os.environ.get("SERVER_CPUS"):
         # Experiment knob: pin the server to these CPUs (taskset list, e.g. "1").
         argv = ["taskset", "-c", os.environ["SERVER_CPUS"], *argv]
@@ -143,7 +132,14 @@ def start_server(kind: str, certs: Path, extra: list[str],
     if not line.startswith("listening on"):
         proc.kill()
         raise SystemExit(f"server did not start: {line!r}")
-    return proc, int(line.strip().rsplit(":", 1)[1])
+    port = int(line.strip().rsplit(":", 1)[1])
+    if kind != "webscale":
+        return proc, port, f"https://127.0.0.1:{port}"
+    admin = proc.stdout.readline()
+    if not admin.startswith("admin on "):
+        proc.kill()
+        raise SystemExit(f"webscale printed no admin URL (started with --admin off?): {admin!r}")
+    return proc, port, admin.strip().removeprefix("admin on ")
 
 
 def run_point(server: str = "webscale", clients: int = 2000, rate: float = 1.0,
@@ -153,12 +149,13 @@ def run_point(server: str = "webscale", clients: int = 2000, rate: float = 1.0,
     """One measurement: start the server, load it, measure a steady-state window, stop both."""
     certs = ensure_certs(ROOT / "certs")
     ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
-    proc, port = start_server(server, certs.ca_cert.parent, server_args or [], switch_interval)
+    proc, port, stats_url = start_server(server, certs.ca_cert.parent, server_args or [],
+                                         switch_interval)
     bench_json = Path(f"/tmp/server_cost_bench_{os.getpid()}.json")
     result: dict = {"server": server, "clients": clients, "rate": rate}
     try:
-        return _measure(proc, port, ctx, certs.ca_cert, bench_json, result, clients, rate, size,
-                        window, settle, ramp, ping_sample, bench_procs)
+        return _measure(proc, port, stats_url, ctx, certs.ca_cert, bench_json, result, clients,
+                        rate, size, window, settle, ramp, ping_sample, bench_procs)
     except OSError as exc:
         result["error"] = f"server stopped answering /stats: {exc}"
         return result
@@ -188,8 +185,8 @@ def read_bench_report(path: Path, keys: tuple[str, ...]) -> dict | None:
     return {k: report.get(k) for k in keys}
 
 
-def _measure(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, cafile: Path,
-             bench_json: Path, result: dict, clients: int, rate: float, size: int,
+def _measure(proc: subprocess.Popen[str], port: int, stats_url: str, ctx: ssl.SSLContext,
+             cafile: Path, bench_json: Path, result: dict, clients: int, rate: float, size: int,
              window: float, settle: float, ramp: int, ping_sample: int,
              bench_procs: int | None) -> dict:
     bench = None
@@ -208,14 +205,13 @@ def _measure(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, cafile
             argv += ["--procs", str(bench_procs)]
         bench = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
         t_start = time.monotonic()
-        # >= clients: webscale also counts the /stats request itself, the twin does not.
-        while get_stats(port, ctx)["connections_total"] < clients:
+        while get_stats(stats_url, ctx)["connections_total"] < clients:
             if time.monotonic() - t_start > 180 or bench.poll() is not None:
                 result["error"] = "clients did not all connect"
                 break
             time.sleep(0.2)
         if "error" not in result:
-            _window(proc, port, ctx, result, clients, rate, window, settle, rss_idle,
+            _window(proc, stats_url, ctx, result, clients, rate, window, settle, rss_idle,
                     time.monotonic() - t_start)
     finally:
         stop(bench, signal.SIGINT, 90)
@@ -226,15 +222,15 @@ def _measure(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, cafile
     return result
 
 
-def _window(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, result: dict,
+def _window(proc: subprocess.Popen[str], stats_url: str, ctx: ssl.SSLContext, result: dict,
             clients: int, rate: float, window: float, settle: float, rss_idle: int,
             connected_in: float) -> None:
     time.sleep(settle)
-    s0, c0, t0 = get_stats(port, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
+    s0, c0, t0 = get_stats(stats_url, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
     th0 = thread_cpu_seconds(proc.pid)
     time.sleep(window)
     rss_loaded = tree_rss_bytes(proc.pid)
-    s1, c1, t1 = get_stats(port, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
+    s1, c1, t1 = get_stats(stats_url, ctx), tree_cpu_seconds(proc.pid), time.monotonic()
     th1 = thread_cpu_seconds(proc.pid)
     decoded = s1["messages_decoded"] - s0["messages_decoded"]
     received = s1["messages_received"] - s0["messages_received"]
