@@ -79,7 +79,10 @@ def test_connections_per_address(server_factory: StartServer) -> None:
             await ws.close()
 
     asyncio.run(main())
-    stats = server.stats()
+    stats = wait_for(lambda: (s := server.stats())["connections_open"] == 0 and s,
+                     what="every connection to close")
+    # Every address's count went back to 0 and its entry with it: the table is empty.
+    assert stats["per_address_tracked"] == {"connections": 0, "buckets": 0}
     assert stats["connections_rejected_by_reason"]["per_ip_connections"] == 2
     assert stats["connections_rejected"] == 2
     assert stats["tls_handshake_failures"] == 0  # refused before TLS: nothing to fail

@@ -101,7 +101,10 @@ class Gate:
         # Insertion-ordered: the first is the oldest (dropped first when room is needed).
         self.handshaking: dict[Handshaking, None] = {}
         self.open = 0  # sockets held: connections the server owns plus header readers
-        self._keys: dict[Handshaking, str] = {}  # counted against per-address limits
+        # Admitted without counting against --max-connections-per-ip (the balancer's own
+        # connections); every other connection's count is released by its address on close, so
+        # nothing is kept per open connection.
+        self._uncounted: set[Handshaking] = set()
         self._readers: set[_ProxyHeaderReader] = set()
         self._log_last: dict[Refusal, float] = {}
         self._log_suppressed: dict[Refusal, int] = {}
@@ -127,30 +130,30 @@ class Gate:
         reader.start()
 
     def _admit(self, sock: socket.socket, address: Any, *, limited: bool) -> None:
-        key = None
         limits = self.per_address
+        counted = None  # the key counted against --max-connections-per-ip, if any
         if limited and limits is not None:
             key = address_key(address)
             refusal = limits.admit(key, self.loop.now)
             if refusal is not None:
                 self._refuse(sock, address, refusal)
                 return
-            if not limits.counts_connections:
-                key = None
+            if limits.counts_connections:
+                counted = key
         if not self._make_room():
-            if key is not None and limits is not None:
-                limits.release(key)
+            if counted is not None and limits is not None:
+                limits.release(counted)
             self._refuse(sock, address, Refusal.MAX_CONNECTIONS)
             return
         conn = self._open_connection(sock, address)
         if conn is None:
-            if key is not None and limits is not None:
-                limits.release(key)
+            if counted is not None and limits is not None:
+                limits.release(counted)
             return
         self.handshaking[conn] = None
         self.open += 1
-        if key is not None:
-            self._keys[conn] = key
+        if counted is None and limits is not None and limits.counts_connections:
+            self._uncounted.add(conn)
 
     def _make_room(self) -> bool:
         """Room for one more socket, dropping the oldest handshaking one if need be; False
@@ -182,9 +185,12 @@ class Gate:
         """A connection the gate admitted has closed."""
         self.handshaking.pop(conn, None)
         self.open -= 1
-        key = self._keys.pop(conn, None)
-        if key is not None and self.per_address is not None:
-            self.per_address.release(key)
+        limits = self.per_address
+        if limits is not None and limits.counts_connections:
+            if conn in self._uncounted:
+                self._uncounted.discard(conn)
+            else:
+                limits.release(address_key(conn.address))
 
     def abort_pending(self) -> None:
         """Shutdown: drop every socket still waiting for its PROXY header."""

@@ -290,6 +290,11 @@ class Server:
         snap = self.stats.snapshot()
         snap["websockets_open"] = sum(1 for c in self.connections.values() if c.is_websocket)
         snap["connections_handshaking"] = len(self.gate.handshaking)
+        if self.gate.per_address is not None:
+            # The per-address tables' sizes: entries leave at a count of 0 and full buckets
+            # expire, so these follow the open connections and the recent arrivals.
+            connections, buckets = self.gate.per_address.tracked
+            snap["per_address_tracked"] = {"connections": connections, "buckets": buckets}
         snap["uptime_seconds"] = time.time() - self.stats.started_at
         snap["max_connections"] = self.max_connections
         snap["pid"] = os.getpid()
