@@ -159,6 +159,8 @@ class Config:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if not isinstance(self.proxy_protocol_from, tuple):
+            raise ConfigError("proxy_protocol_from must be a tuple of addresses or CIDRs")
         for cidr in self.proxy_protocol_from:
             try:
                 ipaddress.ip_network(cidr, strict=False)
