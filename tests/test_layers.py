@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"handle", "unit_cap", "decoder", "deflate", "fastmask", "metrics", "stats", "states",
      "loading", "messages", "snapshots"},
     {"examples.telemetry", "shapes", "loop", "tls", "config", "systemd", "limits", "certs",
-     "admission", "proxy_protocol"},
+     "peer_limits", "proxy_protocol"},
     {"http", "errors"},
 ]
 # The package's __init__ re-exports the public API (it sits on top); examples other than the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from webscale.admission import Refusal
+from webscale.peer_limits import Refusal
 from webscale.metrics import render_workers
 from webscale.stats import Stats, sum_snapshots
 

@@ -24,7 +24,7 @@ before any TLS work, so a refused client costs an accept and a close:
    header would be a client naming its own address. A header for the balancer's own connection
    (v2 LOCAL, v1 UNKNOWN: its health checks) keeps the balancer's address and is exempt from
    per-address limits.
-3. **Per-address limits** (admission.PerAddressLimits): connections held and handshakes per
+3. **Per-address limits** (peer_limits.PerAddressLimits): connections held and handshakes per
    second per client address, off unless configured.
 
 Every refusal is counted by reason (`Stats.reject`: connections_rejected_by_reason in /stats,
@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .admission import PerAddressLimits, Refusal, TrustedNetworks, address_key
+from .peer_limits import PerAddressLimits, Refusal, TrustedNetworks, address_key
 from .errors import ProxyHeaderError
 from .loop import EVENT_READ, EventLoop, Timer
 from .proxy_protocol import (
@@ -54,9 +54,10 @@ from .stats import Stats
 
 logger = logging.getLogger(__name__)
 
-# One line per refusal reason at most this often: an attack must not flood the journal.
-_LOG_EVERY = 10.0
-# Full buckets are dropped this often (admission.PerAddressLimits.expire).
+# One line per refusal reason at most this often: an attack must not flood the journal (the
+# same rule as the upgrade refusals' log lines).
+_LOG_EVERY = 1.0
+# Full buckets are dropped this often (peer_limits.PerAddressLimits.expire).
 _EXPIRE_EVERY = 5.0
 # The most a PROXY header may take: v2's fixed part plus its bounded payload (v1 is shorter).
 _MAX_HEADER = max(V1_MAX_LENGTH, 16 + V2_DEFAULT_MAX_LENGTH)
@@ -229,8 +230,8 @@ class Gate:
         more = self._log_suppressed.pop(refusal, 0)
         logger.warning("refused a connection from %s: %s%s%s", _describe(address),
                        refusal.value, f" ({detail})" if detail else "",
-                       f"; {more} more refused for this reason in the last {now - last:.0f}s"
-                       if more and last is not None else "")
+                       f" (and {more} more {refusal.value} refusals not logged since the last "
+                       "line)" if more else "")
 
     def _expire(self) -> None:
         if self.per_address is not None:

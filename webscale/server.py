@@ -37,7 +37,7 @@ from typing import Any
 
 from . import fastmask, limits, routes, tls
 from .admin import AdminListener, bind_admin
-from .admission import PerAddressLimits, Refusal, TrustedNetworks
+from .peer_limits import PerAddressLimits, Refusal, TrustedNetworks
 from .app import App, resolve
 from .config import Config
 from .connection import Connection, ConnectionSettings

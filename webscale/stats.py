@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from .admission import Refusal
+from .peer_limits import Refusal
 
 
 class Histogram:

@@ -1,10 +1,10 @@
-"""admission.py: per-address counts and token buckets, address keys, trusted networks (no I/O)."""
+"""peer_limits.py: per-address counts and token buckets, address keys, trusted networks (no I/O)."""
 
 from __future__ import annotations
 
 import pytest
 
-from webscale.admission import PerAddressLimits, Refusal, TrustedNetworks, address_key
+from webscale.peer_limits import PerAddressLimits, Refusal, TrustedNetworks, address_key
 
 
 def test_connection_count_per_address_and_release() -> None:

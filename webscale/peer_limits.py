@@ -1,4 +1,5 @@
-"""Per-address admission, sans-I/O: how many connections an address holds, how fast it opens them.
+"""Per-address limits, sans-I/O: how many connections a client address holds and how fast
+it opens them; the reasons a connection is refused before its upgrade.
 
 How this works: `PerAddressLimits.admit(key, now)` is asked once per accepted TCP connection,
 before TLS, and answers None (admitted, and counted against the address until `release`) or the
