@@ -48,17 +48,18 @@ trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
 mkdir -p "$OUT"
 "$PYTHON" -m webscale serve --host 127.0.0.1 --port 0 --workers "$WORKERS" \
-    --certs-dir "$workdir/certs" --backlog 8192 --log-level warning \
+    --certs-dir "$workdir/certs" --backlog 8192 --log-level warning --admin 127.0.0.1:0 \
     >"$workdir/server.out" 2>"$workdir/server.log" &
 server_pid=$!
 
 for _ in $(seq 600); do
-    grep -q '^listening on ' "$workdir/server.out" 2>/dev/null && break
+    grep -q '^admin on ' "$workdir/server.out" 2>/dev/null && break
     kill -0 "$server_pid" 2>/dev/null || { cat "$workdir/server.log"; exit 1; }
     sleep 0.1
 done
 url=$(sed -n 's/^listening on //p' "$workdir/server.out" | head -n 1)
-[[ -n $url ]] || { echo "server did not start" >&2; cat "$workdir/server.log"; exit 1; }
+admin=$(sed -n 's/^admin on //p' "$workdir/server.out" | head -n 1)
+[[ -n $url && -n $admin ]] || { echo "server did not start" >&2; cat "$workdir/server.log"; exit 1; }
 echo "server: $url, $WORKERS workers (supervisor pid $server_pid)"
 
 "$PYTHON" -m bench_client --url "$url/" --clients "$CLIENTS" --rate "$RATE" \
@@ -67,16 +68,16 @@ echo "server: $url, $WORKERS workers (supervisor pid $server_pid)"
 bench_pid=$!
 
 # While the clients hold their connections, record how the workers share them: the scrape
-# with the most open WebSockets, summed over the workers' series.
-"$PYTHON" - "$url" "$workdir/certs/ca.pem" "$bench_pid" <<'PY' || true
-import os, re, ssl, sys, time, urllib.request
-url = sys.argv[1].replace("wss://", "https://").replace("ws://", "http://") + "/metrics"
-ctx, bench_pid = ssl.create_default_context(cafile=sys.argv[2]), int(sys.argv[3])
+# (of the supervisor's admin listener, which asks every worker) with the most open WebSockets,
+# summed over the workers' series.
+"$PYTHON" - "$admin" "$bench_pid" <<'PY' || true
+import os, sys, time, urllib.request
+url, bench_pid = sys.argv[1] + "/metrics", int(sys.argv[2])
 best: list[str] = []
 best_total = -1
 while os.path.exists(f"/proc/{bench_pid}") or not best:
     try:
-        text = urllib.request.urlopen(url, context=ctx, timeout=10).read().decode()
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
     except OSError:
         break
     lines = [l for l in text.splitlines() if l.startswith("webscale_websockets_open{")]

@@ -5,12 +5,12 @@ Starts `webscale serve --workers W` (SO_REUSEPORT workers, each under the per-pr
 limit), records the server's RSS (the whole process tree, from /proc) before any client, then
 runs bench_client with N clients at `--rate 0` (connect, upgrade, hold; the server's keepalive
 pings are answered) from P processes bound round-robin to several loopback source addresses so
-no address runs out of ephemeral ports. Once the server's /metrics count N open WebSockets it
-samples RSS again: per connection = (loaded - idle) / N. The CPU the connects cost is sampled
-over one interval for both sides, from the moment bench_client starts to the poll that saw every
-connection open (`connect_window_s`): server and client CPU (each a whole process tree, from
-/proc) over that same interval, so together they never exceed cores x window. Prints a summary
-and writes JSON.
+no address runs out of ephemeral ports. Once the server's /metrics (its admin listener, which
+covers every worker) count N open WebSockets it samples RSS again: per connection = (loaded -
+idle) / N. The CPU the connects cost is sampled over one interval for both sides, from the
+moment bench_client starts to the poll that saw every connection open (`connect_window_s`):
+server and client CPU (each a whole process tree, from /proc) over that same interval, so
+together they never exceed cores x window. Prints a summary and writes JSON.
 
     python benchmarks/hold_idle.py --clients 100000 --workers 6 --bench-procs 6
     python benchmarks/hold_idle.py --clients 2000 --workers 1 --bench-procs 1 --hold 5   # quick
@@ -26,7 +26,6 @@ import json
 import os
 import resource
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -48,10 +47,10 @@ from server_cost import (  # noqa: E402
 from webscale.certs import ensure_certs  # noqa: E402
 
 
-def open_per_worker(port: int, ctx: ssl.SSLContext) -> dict[str, int]:
-    """webscale_websockets_open per worker, from one /metrics scrape (covers every worker)."""
-    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=ctx,
-                                timeout=30) as r:
+def open_per_worker(stats_url: str) -> dict[str, int]:
+    """webscale_websockets_open per worker that answered, from one /metrics scrape of the admin
+    listener (the supervisor asks every worker at that moment)."""
+    with urllib.request.urlopen(f"{stats_url}/metrics", timeout=30) as r:
         text = r.read().decode()
     out: dict[str, int] = {}
     for line in text.splitlines():
@@ -78,17 +77,16 @@ def main() -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     certs = ensure_certs(ROOT / "certs")
-    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
     server_flags = ["--workers", str(args.workers), "--backlog", "8192",
                     "--log-level", "warning", *args.server_args]
-    proc, port = start_server("webscale", certs.ca_cert.parent, server_flags)
+    proc, port, stats_url = start_server("webscale", certs.ca_cert.parent, server_flags)
     bench_json = Path(f"/tmp/hold_idle_bench_{os.getpid()}.json")
     result: dict = {"clients": args.clients, "workers": args.workers,
                     "bench_procs": args.bench_procs, "ramp": args.ramp}
     bench = None
     try:
         deadline = time.monotonic() + 30
-        while len(open_per_worker(port, ctx)) < args.workers:  # every worker has published
+        while len(open_per_worker(stats_url)) < args.workers:  # every worker answers
             if time.monotonic() > deadline:
                 raise SystemExit("workers did not all report in /metrics")
             time.sleep(0.5)
@@ -104,7 +102,7 @@ def main() -> int:
         bench = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
         peak: dict[str, int] = {}
         while bench.poll() is None:
-            counts = open_per_worker(port, ctx)
+            counts = open_per_worker(stats_url)
             if sum(counts.values()) > sum(peak.values()):
                 peak = counts
             if sum(counts.values()) >= args.clients:

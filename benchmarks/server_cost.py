@@ -100,53 +100,49 @@ SERVERS = {  # name -> the module run as `python -m MODULE [ARGS]`
 }
 
 
-def get_json(port: int, ctx: ssl.SSLContext, path: str, attempts: int = 3) -> Any:
-    """GET a JSON path; an overloaded server (the twin at 5,000 clients) may take a while."""
+def get_json(base_url: str, ctx: ssl.SSLContext, path: str, attempts: int = 3) -> Any:
+    """GET a JSON path from `base_url` (webscale's admin listener, a twin's own port); an
+    overloaded server (the twin at 5,000 clients) may take a while. A supervisor's /stats that
+    lists workers that did not answer in time is asked again."""
     for attempt in range(attempts):
         try:
-            with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=ctx,
-                                        timeout=30) as r:
-                return json.load(r)
+            with urllib.request.urlopen(f"{base_url}{path}", context=ctx, timeout=30) as r:
+                answer = json.load(r)
         except OSError:
             if attempt == attempts - 1:
                 raise
+            continue
+        if isinstance(answer, dict) and answer.get("workers_missing") and attempt < attempts - 1:
+            continue  # a window judged on some workers only would be wrong
+        return answer
     raise AssertionError("unreachable")
 
 
-def get_stats(port: int, ctx: ssl.SSLContext) -> dict:
-    """The server's /stats (with `--workers N`, the answering worker's only)."""
-    return get_json(port, ctx, "/stats")  # type: ignore[no-any-return]
+def get_stats(stats_url: str, ctx: ssl.SSLContext) -> dict:
+    """The server's /stats: with `--workers N`, the supervisor's sum, exact at the request."""
+    return get_json(stats_url, ctx, "/stats")  # type: ignore[no-any-return]
 
 
-_METRIC_KEYS = {"webscale_messages_decoded_total": "messages_decoded",
-                "webscale_messages_received_total": "messages_received",
-                "webscale_connections_accepted_total": "connections_total",
-                "webscale_messages_in_flight": "in_flight",
-                "webscale_uptime_seconds": "uptime"}
 COUNTER_NAMES = ("messages_decoded", "messages_received", "connections_total", "in_flight")
 
 
-def read_counters(port: int, ctx: ssl.SSLContext) -> tuple[dict[str, dict[str, float]], dict]:
+def _counters(snapshot: dict) -> dict[str, float]:
+    values = {name: float(snapshot.get(name) or 0) for name in COUNTER_NAMES}
+    values["uptime"] = float(snapshot.get("uptime_seconds") or 0)
+    return values
+
+
+def read_counters(stats_url: str, ctx: ssl.SSLContext
+                  ) -> tuple[dict[str, dict[str, float]], dict]:
     """Per process, its counters and the uptime they were taken at; and the /stats answer.
 
-    One process: {"0": ...} from /stats. With `--workers N`: one entry per worker from
-    /metrics, where each worker's series come from one snapshot with its uptime."""
-    stats = get_stats(port, ctx)
-    if stats.get("worker") is None:
-        one = {name: float(stats.get(name) or 0) for name in COUNTER_NAMES}
-        one["uptime"] = float(stats.get("uptime_seconds") or 0)
-        return {"0": one}, stats
-    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=ctx,
-                                timeout=30) as r:
-        text = r.read().decode()
-    workers: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in _METRIC_KEYS:
-            worker = line.partition('worker="')[2].partition('"')[0] or "0"
-            values = workers.setdefault(worker, dict.fromkeys([*COUNTER_NAMES, "uptime"], 0.0))
-            values[_METRIC_KEYS[name]] += float(line.rsplit(" ", 1)[1])
-    return workers, stats
+    One process: {"0": ...}. With `--workers N`: one entry per worker, from the breakdown in
+    the supervisor's /stats (each worker's figures from one snapshot, with its uptime)."""
+    stats = get_stats(stats_url, ctx)
+    workers = stats.get("workers")
+    if isinstance(workers, dict) and workers:
+        return {str(w): _counters(snap) for w, snap in workers.items()}, stats
+    return {"0": _counters(stats)}, stats
 
 
 def total(counters: dict[str, dict[str, float]], name: str) -> float:
@@ -172,20 +168,23 @@ def covers_window(start: dict[str, dict[str, float]], end: dict[str, dict[str, f
         end[w]["uptime"] - start[w]["uptime"] >= share * elapsed for w in start)
 
 
-def read_window_end(port: int, ctx: ssl.SSLContext, start: dict[str, dict[str, float]],
+def read_window_end(stats_url: str, ctx: ssl.SSLContext, start: dict[str, dict[str, float]],
                     elapsed: float, wait: float = 5.0) -> tuple[dict[str, dict[str, float]], dict]:
     """Read the counters until every worker's snapshot covers the window (a worker publishes
     once a second), or give up after `wait` seconds (the caller reports it)."""
     deadline = time.monotonic() + wait
     while True:
-        end, stats = read_counters(port, ctx)
+        end, stats = read_counters(stats_url, ctx)
         if covers_window(start, end, elapsed) or time.monotonic() >= deadline:
             return end, stats
         time.sleep(0.1)
 
 
-def start_server(kind: str, certs: Path, extra: list[str],
-                 switch_interval: float | None = None) -> tuple[subprocess.Popen[str], int]:
+def start_server(kind: str, certs: Path, extra: list[str], switch_interval: float | None = None
+                 ) -> tuple[subprocess.Popen[str], int, str]:
+    """Start a server on 127.0.0.1; (process, public port, base URL of /stats): webscale's
+    admin listener (on a free port: `admin on URL` follows `listening on URL`), or a twin's
+    own port, which serves /stats itself."""
     module, *subcommand = SERVERS[kind]
     argv = [sys.executable, "-m", module, *subcommand]
     preamble = os.environ.get("SERVER_PREAMBLE", "")
@@ -198,6 +197,8 @@ def start_server(kind: str, certs: Path, extra: list[str],
                      f"sys.argv[0] = {module!r}; runpy.run_module({module!r}, run_name='__main__')"]
     argv += ["--host", "127.0.0.1", "--port", "0", "--cert", str(certs / "server.pem"),
              "--key", str(certs / "server.key"), *extra]
+    if kind == "webscale" and "--admin" not in extra:
+        argv += ["--admin", "127.0.0.1:0"]
     if os.environ.get("SERVER_CPUS"):
         # Experiment knob: pin the server to these CPUs (taskset list, e.g. "1").
         argv = ["taskset", "-c", os.environ["SERVER_CPUS"], *argv]
@@ -208,7 +209,14 @@ def start_server(kind: str, certs: Path, extra: list[str],
     if not line.startswith("listening on"):
         proc.kill()
         raise SystemExit(f"server did not start: {line!r}")
-    return proc, int(line.strip().rsplit(":", 1)[1])
+    port = int(line.strip().rsplit(":", 1)[1])
+    if kind != "webscale":
+        return proc, port, f"https://127.0.0.1:{port}"
+    admin = proc.stdout.readline()
+    if not admin.startswith("admin on "):
+        proc.kill()
+        raise SystemExit(f"webscale printed no admin URL (started with --admin off?): {admin!r}")
+    return proc, port, admin.strip().removeprefix("admin on ")
 
 
 def run_point(server: str = "webscale", clients: int = 2000, rate: float = 1.0,
@@ -219,13 +227,14 @@ def run_point(server: str = "webscale", clients: int = 2000, rate: float = 1.0,
     """One measurement: start the server, load it, measure a steady-state window, stop both."""
     certs = ensure_certs(ROOT / "certs")
     ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
-    proc, port = start_server(server, certs.ca_cert.parent, server_args or [], switch_interval)
+    proc, port, stats_url = start_server(server, certs.ca_cert.parent, server_args or [],
+                                         switch_interval)
     bench_json = Path(f"/tmp/server_cost_bench_{os.getpid()}.json")
     result: dict = {"server": server, "clients": clients, "rate": rate, "document": document,
                     "server_args": server_args or []}
     try:
-        return _measure(proc, port, ctx, certs.ca_cert, bench_json, result, clients, rate, size,
-                        window, settle, ramp, ping_sample, bench_procs, document)
+        return _measure(proc, port, stats_url, ctx, certs.ca_cert, bench_json, result, clients,
+                        rate, size, window, settle, ramp, ping_sample, bench_procs, document)
     except OSError as exc:
         result["error"] = f"server stopped answering /stats: {exc}"
         return result
@@ -255,8 +264,8 @@ def read_bench_report(path: Path, keys: tuple[str, ...]) -> dict | None:
     return {k: report.get(k) for k in keys}
 
 
-def _measure(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, cafile: Path,
-             bench_json: Path, result: dict, clients: int, rate: float, size: int,
+def _measure(proc: subprocess.Popen[str], port: int, stats_url: str, ctx: ssl.SSLContext,
+             cafile: Path, bench_json: Path, result: dict, clients: int, rate: float, size: int,
              window: float, settle: float, ramp: int, ping_sample: int,
              bench_procs: int | None, document: str) -> dict:
     bench = None
@@ -276,14 +285,13 @@ def _measure(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, cafile
             argv += ["--procs", str(bench_procs)]
         bench = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
         t_start = time.monotonic()
-        # >= clients: webscale also counts the /stats request itself, the twin does not.
-        while total(read_counters(port, ctx)[0], "connections_total") < clients:
+        while total(read_counters(stats_url, ctx)[0], "connections_total") < clients:
             if time.monotonic() - t_start > 180 or bench.poll() is not None:
                 result["error"] = "clients did not all connect"
                 break
             time.sleep(0.2)
         if "error" not in result:
-            _window(proc, port, ctx, result, clients, rate, window, settle, rss_idle,
+            _window(proc, stats_url, ctx, result, clients, rate, window, settle, rss_idle,
                     time.monotonic() - t_start)
     finally:
         stop(bench, signal.SIGINT, 90)
@@ -295,17 +303,17 @@ def _measure(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, cafile
     return result
 
 
-def _window(proc: subprocess.Popen[str], port: int, ctx: ssl.SSLContext, result: dict,
+def _window(proc: subprocess.Popen[str], stats_url: str, ctx: ssl.SSLContext, result: dict,
             clients: int, rate: float, window: float, settle: float, rss_idle: int,
             connected_in: float) -> None:
     time.sleep(settle)
-    w0, _ = read_counters(port, ctx)
+    w0, _ = read_counters(stats_url, ctx)
     c0, t0, th0 = tree_cpu_seconds(proc.pid), time.monotonic(), thread_cpu_seconds(proc.pid)
     time.sleep(window)
     rss_loaded = tree_rss_bytes(proc.pid)
     c1, t1, th1 = tree_cpu_seconds(proc.pid), time.monotonic(), thread_cpu_seconds(proc.pid)
     elapsed = t1 - t0
-    w1, s1 = read_window_end(port, ctx, w0, elapsed)
+    w1, s1 = read_window_end(stats_url, ctx, w0, elapsed)
     if not covers_window(w0, w1, elapsed):
         result["error"] = "a worker's counters did not cover the window (stale or restarted)"
     decoded_per_s = window_rate(w0, w1, "messages_decoded")

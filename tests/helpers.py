@@ -60,12 +60,28 @@ class ServerProcess:
     argv: list[str] = field(default_factory=list)
     # Presented by http_get (so /stats works on a server started with --client-ca).
     client_cert: tuple[Path, Path] | None = None
+    # The admin listener's base URL ("http://127.0.0.1:PORT"), from the server's `admin on`
+    # line; None with --admin off, and for servers that serve /stats on their own port (twins).
+    admin_url: str | None = None
 
     @property
     def url(self) -> str:
         return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}/"
 
+    def admin_get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """GET `path` from the admin listener (plain HTTP)."""
+        assert self.admin_url is not None, "this server has no admin listener"
+        host, port = self.admin_url.removeprefix("http://").rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout * UNIT)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
     def http_get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """GET `path` from the public (WebSocket) port."""
         if self.tls:
             assert self.cafile is not None
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
@@ -81,7 +97,9 @@ class ServerProcess:
             conn.close()
 
     def stats(self) -> dict[str, Any]:
-        status, body = self.http_get("/stats")
+        """/stats from the admin listener (or the public port of a server without one)."""
+        status, body = (self.admin_get("/stats") if self.admin_url is not None
+                        else self.http_get("/stats"))
         assert status == 200, body
         return json.loads(body)  # type: ignore[no-any-return]
 
@@ -115,8 +133,13 @@ def start_server(args: list[str], *, certs: Path | None, tmp_path: Path,
                  env: dict[str, str] | None = None, command: list[str] = WEBSCALE,
                  wrapper: list[str] | None = None) -> ServerProcess:
     """Start `python -m webscale serve --port 0 ...` (or another server `command` that prints the
-    same 'listening on' line, such as the asyncio twin) and wait for that line."""
+    same 'listening on' line, such as the asyncio twin) and wait for that line, then for the
+    `admin on URL` line webscale prints next (the admin listener is on 127.0.0.1:0 unless the
+    test passes its own --admin)."""
     tls = "--no-tls" not in args
+    has_admin = command not in (TWIN, PICOWS_TWIN) and "off" not in _flag_values(args, "--admin")
+    if has_admin and "--admin" not in args:
+        args = [*args, "--admin", "127.0.0.1:0"]
     argv = [*(wrapper or []), sys.executable, *command, "--host", "127.0.0.1", "--port", "0",
             *args]
     if tls and certs is not None and "--cert" not in args:
@@ -142,8 +165,16 @@ def start_server(args: list[str], *, certs: Path | None, tmp_path: Path,
         proc.kill()
         raise AssertionError(f"server did not start: {stderr_path.read_text()}")
     port = int(line.strip().rsplit(":", 1)[1])
+    admin_url = None
+    if has_admin:
+        admin_line = proc.stdout.readline()
+        if not admin_line.startswith("admin on "):
+            proc.kill()
+            raise AssertionError(f"expected 'admin on URL', got {admin_line!r}: "
+                                 f"{stderr_path.read_text()}")
+        admin_url = admin_line.strip().removeprefix("admin on ")
     return ServerProcess(proc, "127.0.0.1", port, tls, certs / "ca.pem" if certs else None,
-                         stderr_path, argv)
+                         stderr_path, argv, admin_url=admin_url)
 
 
 @dataclass
@@ -198,3 +229,8 @@ def raw_upgrade(server: ServerProcess, target: str = "/",
         return UpgradeAnswer(status, answer_headers, body)
     finally:
         sock.close()
+
+
+
+def _flag_values(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == flag]

@@ -104,3 +104,10 @@ _calls = itertools.count(1)
 def count_calls(request: Request) -> int:
     """The identity is how many times the hook has been called (once per connection)."""
     return next(_calls)
+
+
+def peer_address(handle: ConnectionHandle, message: object) -> None:
+    """Replies with the client address the server has for this connection, as JSON [host, port]
+    (a PROXY header's client address when one was received)."""
+    host, port = handle.remote_address[:2]
+    handle.send(orjson.dumps([host, port]).decode())

@@ -147,7 +147,8 @@ def test_serve_from_python(server_factory: StartServer, tmp_path: Path) -> None:
 
         flags = dict(zip(sys.argv[1::2], sys.argv[2::2]))
         raise SystemExit(webscale.serve(on_message, host=flags["--host"], port=0,
-                                        cert=Path(flags["--cert"]), key=Path(flags["--key"])))
+                                        cert=Path(flags["--cert"]), key=Path(flags["--key"]),
+                                        admin=flags["--admin"]))
     '''))
     server = server_factory(command=[str(tmp_path / "run.py")])
     assert asyncio.run(exchange(server, GOOD))[0].startswith("Batch pi-7 2 float")

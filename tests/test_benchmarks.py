@@ -176,3 +176,15 @@ def test_server_cost_counts_every_worker_exactly(tmp_path: Path) -> None:
     assert "error" not in r, r
     assert r["server_processes"] == 2
     assert 0.95 * 60 <= r["decoded_msgs_per_s"] <= 1.05 * 60
+
+
+def test_idle_flood_keeps_clients_working_and_refusals_cheap(tmp_path: Path) -> None:
+    r = run_script(tmp_path, "idle_flood.py", "--max-connections", "50", "--idle", "120",
+                   "--rounds", "3", "--refusals", "30")
+    lockout = r["lockout"]
+    assert lockout["failures"] == 0
+    assert lockout["healthz"]["count"] == lockout["websocket_connect_and_echo"]["count"] == 3
+    # The share of 50 is 50 (at least 64, capped by --max-connections): 70 pushed out.
+    assert lockout["rejected_by_reason"]["handshake_share"] >= 120 - 50
+    assert lockout["handshaking_at_end"] <= 50
+    assert r["refusal_flood"]["counted"] == 30

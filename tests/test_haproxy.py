@@ -1,4 +1,4 @@
-"""deploy/haproxy/haproxy.cfg in front of two webscale servers on 127.0.0.1 (issue 5).
+"""deploy/haproxy/haproxy.cfg in front of two webscale servers on 127.0.0.1 (issues 5 and 12).
 
 The test runs a copy of the shipped file, changed only where a test must differ from a real
 deployment (loopback addresses, a free port, files under tmp_path, checks every 200 ms instead of
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import pytest
 from helpers import ROOT, UNIT, ServerProcess, client_ssl_context, wait_for
 from payloads import telemetry_json
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
 from websockets.protocol import State
 
 # Debian installs it in /usr/sbin, which an unprivileged user's PATH often lacks.
@@ -35,6 +38,9 @@ pytestmark = pytest.mark.skipif(
     reason="haproxy is not on PATH or in /usr/sbin (Debian: apt-get install haproxy)")
 
 StartServer = Callable[..., ServerProcess]
+# The shipped config sends the PROXY protocol (send-proxy-v2); HAProxy reaches the test's
+# servers from 127.0.0.1, so that is the balancer address they trust.
+BEHIND_HAPROXY = ("--proxy-protocol-from", "127.0.0.1/32")
 
 
 def render_test_config(shipped: str, *, bind_port: int, backends: list[tuple[str, int]],
@@ -180,7 +186,7 @@ LOSSES = {"killed": (signal.SIGKILL, 1006), "hung": (signal.SIGSTOP, 1006),
 def test_clients_spread_over_two_servers_and_survive_losing_one(
         server_factory: StartServer, haproxy_factory: Callable[[list[ServerProcess]], Haproxy],
         certs: Path, loss: str) -> None:
-    first, second = server_factory(), server_factory()
+    first, second = server_factory(*BEHIND_HAPROXY), server_factory(*BEHIND_HAPROXY)
     haproxy = haproxy_factory([first, second])
     clients = 20
     ctx = client_ssl_context(certs / "ca.pem")
@@ -249,7 +255,7 @@ def test_connects_to_a_dead_server_not_yet_marked_down_go_to_the_other(
         server_factory: StartServer, haproxy_factory: Callable[[list[ServerProcess]], Haproxy],
         certs: Path) -> None:
     """`retries` + `option redispatch`: the seconds before the checks notice cost no client."""
-    first, second = server_factory(), server_factory()
+    first, second = server_factory(*BEHIND_HAPROXY), server_factory(*BEHIND_HAPROXY)
     haproxy = haproxy_factory([first, second])
     # With its checks off, HAProxy keeps the killed server UP and leastconn keeps choosing it.
     assert haproxy.command("disable health webscale/pi1").strip() == ""
@@ -281,3 +287,52 @@ def test_connects_to_a_dead_server_not_yet_marked_down_go_to_the_other(
     # leastconn tried the empty dead server first for each client, then redispatched to pi2.
     assert int(rows["pi1"]["wredis"]) > 0
     assert rows["pi2"]["stot"] == str(clients)
+
+
+def test_servers_see_the_client_address_not_the_balancer(
+        server_factory: StartServer, haproxy_factory: Callable[[list[ServerProcess]], Haproxy],
+        certs: Path) -> None:
+    """send-proxy-v2: the handler, the per-address limits and the logs see each client's own
+    address (clients here connect from 127.0.0.2 and 127.0.0.3), while HAProxy's health checks
+    (LOCAL headers, from 127.0.0.1) keep passing."""
+    server = server_factory(*BEHIND_HAPROXY, "--decode", "none",
+                            "--handler", "server_handlers:peer_address",
+                            "--max-connections-per-ip", "2")
+    haproxy = haproxy_factory([server])
+    ctx = client_ssl_context(certs / "ca.pem")
+
+    async def open_from(source: str) -> ClientConnection:
+        return await connect(haproxy.url, ssl=ctx, open_timeout=10 * UNIT,
+                             local_addr=(source, 0))
+
+    async def whoami(ws: ClientConnection) -> list[object]:
+        await ws.send("who am I?")
+        return json.loads(await asyncio.wait_for(ws.recv(), 5 * UNIT))  # type: ignore[no-any-return]
+
+    async def main() -> None:
+        held = [await open_from("127.0.0.2") for _ in range(2)]
+        for ws in held:
+            # The client's own address and port: the header carries both.
+            assert await whoami(ws) == ["127.0.0.2", ws.local_address[1]]
+        # The limit counts 127.0.0.2, not HAProxy: its third connection is closed before TLS,
+        # and HAProxy passes the close on.
+        try:
+            extra = await open_from("127.0.0.2")
+        except (OSError, ssl.SSLError, EOFError, WebSocketException):
+            pass
+        else:
+            await extra.close()
+            raise AssertionError("a third connection from 127.0.0.2 was accepted")
+        other = await open_from("127.0.0.3")
+        assert await whoami(other) == ["127.0.0.3", other.local_address[1]]
+        for ws in [*held, other]:
+            await ws.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30 * UNIT))
+    stats = server.stats()
+    assert stats["connections_rejected_by_reason"]["per_ip_connections"] == 1
+    assert stats["connections_rejected_by_reason"]["proxy_header"] == 0
+    assert "refused a connection from 127.0.0.2:" in server.stderr()
+    # The checks went on passing throughout (a LOCAL header is never limited).
+    row = haproxy.servers()["pi1"]
+    assert row["status"] == "UP" and row["check_status"] == "L7OK"

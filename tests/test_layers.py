@@ -1,8 +1,9 @@
 """Dependencies point one way: a module imports only modules of lower layers.
 
-Layers, top to bottom (STYLE.md: cli -> supervisor -> worker -> server -> connection -> protocol
-and dispatch -> leaves). Every `import` in webscale/ is read from the source, including those
-under `if TYPE_CHECKING:` and inside functions, so a circle cannot hide behind a lazy import.
+Layers, top to bottom (STYLE.md: cli -> supervisor -> worker -> server -> admin -> connection ->
+protocol, dispatch and the gate -> leaves). Every `import` in webscale/ is read from the source,
+including those under `if TYPE_CHECKING:` and inside functions, so a circle cannot hide behind a
+lazy import.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ LAYERS: list[set[str]] = [
     {"supervisor"},
     {"worker"},
     {"server"},
+    {"admin"},
     {"app", "routes", "process", "admission"},
     {"connection"},
-    {"protocol", "dispatch"},
+    {"protocol", "dispatch", "gate"},
     {"handle", "unit_cap", "pool", "decoder", "deflate", "fastmask", "metrics", "stats", "states",
-     "loading", "authorize", "rejections"},
-    {"examples.telemetry", "shapes", "loop", "tls", "config", "systemd", "limits", "certs"},
+     "loading", "authorize", "rejections", "snapshots"},
+    {"examples.telemetry", "shapes", "loop", "tls", "config", "systemd", "limits", "certs",
+     "peer_limits", "proxy_protocol"},
     {"http", "errors"},
 ]
 # The package's __init__ re-exports the public API (it sits on top); examples other than the

@@ -18,7 +18,7 @@ StartServer = Callable[..., ServerProcess]
 
 def scrape(server: ServerProcess) -> dict[str, float]:
     """Sum every sample by name and labels other than `worker` (so workers add up)."""
-    status, body = server.http_get("/metrics")
+    status, body = server.admin_get("/metrics")
     assert status == 200
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(body.decode()):
@@ -53,16 +53,21 @@ def test_metrics_parse_and_match(server_factory: StartServer, workers: int) -> N
         closes = m.get('webscale_closes_total{code=1000}') == clients
         return m if done and closes else None
 
-    # With several workers each one's series are up to a second old (see supervisor.py).
+    # The pool finishes the last messages after the clients have gone.
     metrics = wait_for(settled, 10, 0.1, "the counters to settle")
     assert metrics["webscale_messages_received_total"] == 4 * clients
     assert metrics["webscale_messages_decoded_total"] == 3 * clients
     assert metrics["webscale_decode_errors_total"] == clients
     assert metrics["webscale_handler_errors_total"] == 0
     assert metrics["webscale_tls_handshake_failures_total"] == 0
-    # The scrapes themselves are connections too, so accepted >= clients.
-    assert metrics["webscale_connections_accepted_total"] >= clients
+    # Scrapes go to the admin listener and are not counted: exactly the clients.
+    assert metrics["webscale_connections_accepted_total"] == clients
     assert metrics["webscale_websockets_open"] == 0
+    assert metrics["webscale_connections_handshaking"] == 0
+    for reason in ("max_connections", "per_ip_connections", "handshake_share", "proxy_header"):
+        assert metrics[f"webscale_connections_rejected_total{{reason={reason}}}"] == 0
+    if workers > 1:
+        assert metrics["webscale_worker_up"] == workers
     # A histogram's +Inf bucket is its count, and every message was timed.
     assert (metrics['webscale_handler_seconds_bucket{le=+Inf}']
             == metrics["webscale_handler_seconds_count"] == 4 * clients)

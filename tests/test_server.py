@@ -39,7 +39,8 @@ def test_healthz_and_other_http(webscale_server: ServerProcess) -> None:
     assert webscale_server.http_get("/healthz") == (200, b"ok\n")
     status, _ = webscale_server.http_get("/")
     assert status == 426
-    status, body = webscale_server.http_get("/metrics")
+    # /stats and /metrics are the admin listener's (tests/test_admin.py).
+    status, body = webscale_server.admin_get("/metrics")
     assert status == 200 and b"webscale_connections_accepted_total" in body
 
 

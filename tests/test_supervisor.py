@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.asyncio.client import connect
 
 from helpers import UNIT, ServerProcess, client_ssl_context, wait_for
-from webscale.worker import _merge_families
+from webscale.metrics import merge_families
 
 StartServer = Callable[..., ServerProcess]
 
@@ -60,21 +60,25 @@ async def ws_round_trip(server: ServerProcess, ctx: ssl.SSLContext) -> None:
 
 
 def test_stats_and_metrics_name_the_worker(server_factory: StartServer) -> None:
+    """The supervisor's admin listener speaks for both workers from the first request: it
+    announces only once every worker is ready, and asks each for its figures per request."""
     server = server_factory("--workers", "2")
     workers = wait_for(lambda: len(c := children(server.proc.pid)) == 2 and c,
                        what="two worker processes")
     stats = server.stats()
-    assert stats["pid"] in workers and stats["worker"] in (0, 1)
-    # Each worker publishes its snapshot once a second; any worker's /metrics shows both.
-    def both_labelled() -> bool:
-        status, body = server.http_get("/metrics")
-        text = body.decode()
-        return (status == 200 and 'webscale_connections_accepted_total{worker="0"}' in text
-                and 'webscale_connections_accepted_total{worker="1"}' in text)
-
-    wait_for(both_labelled, what="metrics from both workers")
-    _, body = server.http_get("/metrics")
-    types = [line for line in body.decode().splitlines() if line.startswith("# TYPE ")]
+    assert stats["pid"] == server.proc.pid and stats["worker"] is None
+    assert stats["workers_missing"] == []
+    assert {w["pid"] for w in stats["workers"].values()} == workers
+    assert {w["worker"] for w in stats["workers"].values()} == {0, 1}
+    assert stats["max_connections"] == sum(w["max_connections"]
+                                           for w in stats["workers"].values())
+    status, body = server.admin_get("/metrics")
+    text = body.decode()
+    assert status == 200
+    for worker in ("0", "1"):
+        assert f'webscale_connections_accepted_total{{worker="{worker}"}}' in text
+        assert f'webscale_worker_up{{worker="{worker}"}} 1' in text
+    types = [line for line in text.splitlines() if line.startswith("# TYPE ")]
     assert len(types) == len(set(types)), "a metric family appears twice"
 
 
@@ -82,7 +86,7 @@ def test_merge_families_keeps_each_family_together() -> None:
     one = ("# HELP a x\n# TYPE a gauge\na{worker=\"0\"} 1\n"
            "# HELP b y\n# TYPE b counter\nb{worker=\"0\"} 2\n")
     two = one.replace('"0"', '"1"')
-    assert _merge_families([one, two]).splitlines() == [
+    assert merge_families([one, two]).splitlines() == [
         "# HELP a x", "# TYPE a gauge", 'a{worker="0"} 1', 'a{worker="1"} 1',
         "# HELP b y", "# TYPE b counter", 'b{worker="0"} 2', 'b{worker="1"} 2',
     ]
@@ -137,8 +141,8 @@ def test_killed_worker_is_replaced_while_clients_keep_connecting(
         # over both workers again, and /stats reaches the newcomer too.
         wait_for(lambda: len(successes) >= during + 20, units=20,
                  what="clients after the replacement")
-        wait_for(lambda: server.stats()["pid"] == new_worker, units=10,
-                 what="a request answered by the replacement")
+        wait_for(lambda: new_worker in {w["pid"] for w in server.stats()["workers"].values()},
+                 units=10, what="the replacement's figures in the supervisor's /stats")
     finally:
         stop.set()
         thread.join(10 * UNIT)

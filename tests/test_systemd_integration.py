@@ -151,7 +151,8 @@ def test_listen_fds_activation_serves_on_the_passed_socket(certs: Path, tmp_path
     log = tmp_path / "server.log"
     argv = [sys.executable, "-c", LAUNCHER, str(passed.fileno()), "serve", "--host",
             "127.0.0.1", "--port", str(occupied.getsockname()[1]), "--workers", str(workers),
-            "--cert", str(certs / "server.pem"), "--key", str(certs / "server.key")]
+            "--cert", str(certs / "server.pem"), "--key", str(certs / "server.key"),
+            "--admin", "127.0.0.1:0"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     with open(log, "w") as stderr:
         proc = subprocess.Popen(argv, pass_fds=[passed.fileno()], env=env, cwd=tmp_path,

@@ -74,7 +74,7 @@ def test_client_certificate_required(server_factory: StartServer, certs: Path,
                      what="four failed handshakes counted")
     assert stats["tls_handshake_failures_by_reason"] == expected
     assert stats["messages_received"] == 1
-    status, body = server.http_get("/metrics")
+    status, body = server.admin_get("/metrics")
     assert status == 200
     metrics = body.decode()
     assert "webscale_tls_handshake_failures_total 4" in metrics

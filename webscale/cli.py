@@ -73,6 +73,22 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     add("--max-connections", type=int, default=d.max_connections,
         help="concurrent connections; beyond it upgrades get 503 (default: the open-files limit "
              "less 64)")
+    add("--max-handshaking", type=int, default=d.max_handshaking,
+        help="connections still in their handshake (PROXY header, TLS, upgrade); past it the "
+             "oldest of them is dropped for a new one (default: a quarter of --max-connections, "
+             "at least 64)")
+    add("--max-connections-per-ip", type=int, default=d.max_connections_per_ip,
+        help="connections one client address (IPv6: one /64) may hold; more are closed before "
+             "TLS (default: no limit)")
+    add("--max-handshakes-per-ip-per-s", type=float, default=d.max_handshakes_per_ip_per_s,
+        help="new connections per second from one client address, in bursts of as many; more "
+             "are closed before TLS (default: no limit)")
+    add("--proxy-protocol-from", action="append", metavar="CIDR", default=None,
+        help="a load balancer that sends the PROXY protocol (v1 or v2) before TLS; its clients' "
+             "addresses replace its own (repeatable; default: none)")
+    add("--admin", default=d.admin, metavar="HOST:PORT",
+        help="plain-HTTP listener for /stats, /metrics and /healthz, port 0 for any free one, "
+             "'off' for none (default: %(default)s)")
     add("--shutdown-timeout", type=float, default=d.shutdown_timeout,
         help="seconds to drain on SIGTERM before exiting (default: %(default)s)")
     add("--drain-grace", type=float, default=d.drain_grace,
@@ -131,6 +147,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     values = {k: v for k, v in vars(args).items() if k in names}
     # Repeatable flags: argparse gives a list (or None when absent), Config a tuple.
     values["allowed_origin"] = tuple(values.get("allowed_origin") or ())
+    values["proxy_protocol_from"] = tuple(values.get("proxy_protocol_from") or ())
     return Config(**values).validate()
 
 

@@ -6,11 +6,20 @@ Every default says why. Limits are compared with other servers' where that helps
 from __future__ import annotations
 
 import re
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
+
+# The admin listener (/stats, /metrics, /healthz; admin.py). Loopback: these figures are for the
+# operator, not the network. Port 8442, next to the public 8443 and outside 9100-9999, the range
+# Prometheus allocates to exporters (all of it taken: 9100 node exporter, 9464 OpenTelemetry's
+# Prometheus exporter, 9901 Envoy's admin); nor 9090/9091/9093 (Prometheus, Pushgateway,
+# Alertmanager), 8404 (HAProxy's stats page in its docs), 8444 (Chia, which people run on Pis),
+# 8448 (Matrix) or 3000/8000/8080 (dashboards and development servers).
+DEFAULT_ADMIN = "127.0.0.1:8442"
 
 DecodeMode = Literal["json", "telemetry", "none"]
 InvalidJsonPolicy = Literal["keep", "close"]
@@ -81,6 +90,23 @@ class Config:
     close_timeout: float = 5.0
     # None: the open-files limit minus a reserve, decided at start-up (see limits.py).
     max_connections: int | None = None
+    # Sockets that have not finished their handshake (PROXY header, TLS, upgrade) may hold at
+    # most this many of those connections; past it the oldest is dropped for a new one (gate.py
+    # says why). None: a quarter of --max-connections, at least 64 (or all of them if fewer):
+    # far more than a reconnect storm at a few hundred handshakes per second keeps in flight.
+    max_handshaking: int | None = None
+    # Per client address (IPv6: per /64), checked before TLS; None is off, as nginx's limit_conn
+    # and limit_req are by default: devices behind one NAT share an address, so the right value
+    # depends on the fleet (deploy/rpi's env file suggests some).
+    max_connections_per_ip: int | None = None
+    # Token bucket per address: this many new connections per second, bursts of as many (at
+    # least 1).
+    max_handshakes_per_ip_per_s: float | None = None
+    # Balancers that send the PROXY protocol (v1 or v2) first: their clients' real addresses
+    # replace theirs. Empty: no PROXY protocol.
+    proxy_protocol_from: tuple[str, ...] = ()
+    # HOST:PORT of the admin listener, or "off" (see DEFAULT_ADMIN).
+    admin: str = DEFAULT_ADMIN
     shutdown_timeout: float = 10.0
     # Seconds after SIGTERM during which the server keeps listening but answers /healthz and
     # new upgrades with 503, so a load balancer's health checks take it out of rotation before
@@ -161,6 +187,19 @@ class Config:
                 raise ConfigError(f"--allowed-origin {origin!r}: an origin is scheme://host[:port] "
                                   "in lower case, without a path or trailing slash (as browsers "
                                   "send it), or '*'")
+        for name in ("max_handshaking", "max_connections_per_ip", "max_handshakes_per_ip_per_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if not isinstance(self.proxy_protocol_from, tuple):
+            raise ConfigError("proxy_protocol_from must be a tuple of addresses or CIDRs")
+        for cidr in self.proxy_protocol_from:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"--proxy-protocol-from {cidr!r} is not an address or "
+                                  "network (CIDR)") from None
+        self.admin_address()  # raises ConfigError when malformed
         return self
 
     def _validate_client_certs(self) -> None:
@@ -174,6 +213,16 @@ class Config:
             raise ConfigError("--client-ca needs TLS (it cannot be used with --no-tls)")
         if not self.client_ca.is_file():
             raise ConfigError(f"--client-ca {self.client_ca} does not exist")
+
+    def admin_address(self) -> tuple[str, int] | None:
+        """--admin as (host, port), None when off; ConfigError when malformed."""
+        if self.admin == "off":
+            return None
+        host, sep, port_text = self.admin.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+            raise ConfigError(f"--admin {self.admin!r} is not HOST:PORT (or 'off')")
+        return host, int(port_text)
 
     @property
     def scheme(self) -> str:

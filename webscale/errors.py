@@ -6,10 +6,12 @@
     ├── ProtocolError               the peer broke a protocol rule; carries the close code to send
     │   └── MessageTooBig           a message exceeded --max-message-size (close 1009)
     ├── DecodeError                 a message is not valid JSON or not the payload's shape
-    └── Reject                      raised by an --authorize hook: refuse the upgrade with a status
+    ├── Reject                      raised by an --authorize hook: refuse the upgrade with a status
+    └── ProxyHeaderError            a PROXY protocol header is malformed or too long
 
 Protocol errors become close codes at the connection boundary; DecodeError is counted and
-reported, never fatal to the process; Reject becomes the HTTP answer to an upgrade request.
+reported, never fatal to the process; Reject becomes the HTTP answer to an upgrade request;
+ProxyHeaderError closes that connection before TLS.
 """
 
 from __future__ import annotations
@@ -77,3 +79,7 @@ class Reject(WebscaleError):
         self.status = status
         self.reason = reason
         self.headers = tuple(headers)
+
+
+class ProxyHeaderError(WebscaleError):
+    """A PROXY protocol header (proxy_protocol.py) is malformed, too long or of a kind we refuse."""

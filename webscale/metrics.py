@@ -1,11 +1,14 @@
 """GET /metrics: the stats snapshot in the Prometheus text exposition format (version 0.0.4).
 
 Rendered by hand from the same snapshot as /stats: the format is a few lines of text, and
-prometheus_client would add a registry and a second set of counters to keep in step.
+prometheus_client would add a registry and a second set of counters to keep in step. With
+`--workers N` the supervisor renders every worker's snapshot with a `worker` label
+(`render_workers`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 # (snapshot key, metric name, type, help)
@@ -14,8 +17,8 @@ _SCALARS: tuple[tuple[str, str, str, str], ...] = (
     ("websockets_open", "webscale_websockets_open", "gauge", "WebSocket sessions open now"),
     ("connections_total", "webscale_connections_accepted_total", "counter",
      "TCP connections accepted"),
-    ("connections_rejected", "webscale_connections_rejected_total", "counter",
-     "connections refused at --max-connections or while draining"),
+    ("connections_handshaking", "webscale_connections_handshaking", "gauge",
+     "connections that have not finished their handshake (PROXY header, TLS, upgrade)"),
     ("tls_handshake_failures", "webscale_tls_handshake_failures_total", "counter",
      "TLS handshakes that failed"),
     ("ws_handshake_failures", "webscale_ws_handshake_failures_total", "counter",
@@ -50,6 +53,9 @@ _SCALARS: tuple[tuple[str, str, str, str], ...] = (
 # every failure twice.
 _LABELLED: tuple[tuple[str, str, str, str], ...] = (
     ("closes_by_code", "webscale_closes_total", "code", "WebSocket closes by close code"),
+    ("connections_rejected_by_reason", "webscale_connections_rejected_total", "reason",
+     "connections refused or dropped before their handshake finished, by reason (sum over "
+     "reason for the total)"),
     ("tls_handshake_failures_by_reason", "webscale_tls_handshake_failures_by_reason_total",
      "reason", "TLS handshakes that failed, by reason (no_certificate, unknown_ca, "
      "bad_certificate, other)"),
@@ -92,3 +98,34 @@ def render_prometheus(snapshot: dict[str, Any], labels: str = "") -> str:
         lines.append(f"{name}_sum{_labels(labels)} {hist['sum']}")
         lines.append(f"{name}_count{_labels(labels)} {hist['count']}")
     return "\n".join(lines) + "\n"
+
+
+def render_workers(snapshots: dict[int, dict[str, Any] | None]) -> str:
+    """Every worker's series labelled worker="i", one block per family, and
+    `webscale_worker_up`: 0 for a worker that did not answer (its series are then absent)."""
+    texts = [render_prometheus(snapshot, f'worker="{worker}"')
+             for worker, snapshot in sorted(snapshots.items()) if snapshot is not None]
+    name = "webscale_worker_up"
+    up = [f"# HELP {name} 1 if the worker answered this scrape in time, else 0",
+          f"# TYPE {name} gauge"]
+    up += [f'{name}{{worker="{worker}"}} {0 if snapshot is None else 1}'
+           for worker, snapshot in sorted(snapshots.items())]
+    return merge_families([*texts, "\n".join(up) + "\n"])
+
+
+def merge_families(texts: Iterable[str]) -> str:
+    """Concatenate exposition texts, keeping one HELP/TYPE per family with all its samples
+    together (a family split in two is an error for Prometheus' parser)."""
+    families: dict[str, list[str]] = {}
+    current: list[str] = []
+    for text in texts:
+        for line in text.splitlines():
+            if line.startswith("# HELP "):
+                name = line.split(" ", 3)[2]
+                current = families.setdefault(name, [line])
+            elif line.startswith("# TYPE "):
+                if len(current) == 1:
+                    current.append(line)
+            elif line:
+                current.append(line)
+    return "\n".join(line for lines in families.values() for line in lines) + "\n"

@@ -1,15 +1,19 @@
 """The server: listening sockets, accepting, owning connections, and an orderly shutdown.
 
 How this works: `Server.start()` binds (or adopts socket-activated) listeners and registers them
-with the loop; each readable listener is accepted until EAGAIN, each client wrapped for TLS and
-handed to a `Connection`, whose owner the server is (`connection.Owner`): it answers plain
-requests with `routes.route`, decides upgrades, gives each WebSocket a mailbox in the dispatcher
-and a handle for its handler, and forgets connections when they close.
+with the loop; each readable listener is accepted until EAGAIN and every accepted socket goes
+through the gate (gate.py: room for handshakes, the PROXY protocol, per-address limits) before
+it is wrapped for TLS and handed to a `Connection`, whose owner the server is
+(`connection.Owner`): it answers plain requests with `routes.public_route` (/healthz), decides
+upgrades, gives each WebSocket a mailbox in the dispatcher and a handle for its handler, and
+forgets connections when they close. /stats and /metrics are served by the admin listener
+(admin.py, --admin) on the same loop; a worker under a supervisor has none, and answers its
+supervisor's snapshot requests instead (snapshots.py).
 
-Who gets in, in order: the TLS handshake (with --client-ca, a client certificate that CA signed);
-then, for the upgrade request, 503 past --max-connections or while draining, then admission.py:
-403 for an Origin --allowed-origin does not list, and the --authorize hook, run in the thread
-pool. --handshake-timeout covers all of it.
+Who gets in, in order: the gate before TLS; the TLS handshake (with --client-ca, a client
+certificate that CA signed); then, for the upgrade request, 503 past --max-connections or while
+draining, then admission.py: 403 for an Origin --allowed-origin does not list, and the
+--authorize hook, run in the thread pool. --handshake-timeout covers all of it.
 
 `serve_forever()` runs the loop through the process scaffold: SIGTERM/SIGINT begin a drain (stop
 accepting, close every WebSocket with 1001, let the pool finish what was received) bounded by
@@ -34,21 +38,26 @@ import ssl
 import sys
 import threading
 import time
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 from . import fastmask, limits, routes, tls
+from .admin import AdminListener, bind_admin
+from .peer_limits import PerAddressLimits, Refusal, TrustedNetworks
 from .app import App, resolve
 from .admission import Admission
 from .authorize import Authorizer, OriginPolicy
 from .config import Config
 from .connection import Connection, ConnectionSettings
 from .dispatch import Decoder, Dispatcher, Handler
+from .gate import Gate, GateSettings
 from .handle import ConnectionHandle
 from .http import Request, Response
 from .loop import EVENT_READ, EventLoop
 from .metrics import render_prometheus
 from .process import Notifier, ProcessScaffold, bind, urls
 from .protocol import ProtocolLimits, ServerProtocol
+from .snapshots import SnapshotResponder
 from .stats import Stats
 from .systemd import SystemdNotifier, listen_fds
 
@@ -62,14 +71,6 @@ _REFUSAL_HEADROOM = 256
 _ACCEPT_PAUSE = 0.5
 # Accepts per readiness event: enough to drain a burst, bounded so reads keep flowing.
 _ACCEPTS_PER_EVENT = 256
-
-
-class PeerStats(Protocol):
-    """Workers under a supervisor share snapshots so /metrics covers all of them."""
-
-    def publish(self, snapshot: dict[str, Any]) -> None: ...
-
-    def render_metrics(self, own_snapshot: dict[str, Any]) -> str: ...
 
 
 class _Listener:
@@ -89,14 +90,17 @@ class Server:
                  decode: Decoder | None = None,
                  listen_sockets: list[socket.socket] | None = None,
                  notifier: Notifier | None = None, worker_id: int | None = None,
-                 peer_stats: PeerStats | None = None,
+                 snapshot_path: Path | None = None,
                  authorize: Authorizer | None = None) -> None:
         self.config = config
         # Set under a supervisor: shown in /stats and as a metrics label; the parent's pid is
         # watched so a worker orphaned by a killed supervisor drains instead of living on.
         self.worker_id = worker_id
         self._parent_pid = os.getppid() if worker_id is not None else None
-        self.peer_stats = peer_stats
+        # Under a supervisor: where it asks this worker for its figures (snapshots.py).
+        self.snapshot_path = snapshot_path
+        self.snapshot_responder: SnapshotResponder | None = None
+        self.admin: AdminListener | None = None
         self.loop = EventLoop()
         self.stats = Stats(started_at=time.time())
         notifier = notifier if notifier is not None else SystemdNotifier()
@@ -126,7 +130,20 @@ class Server:
                                    authorizer=authorize,
                                    handshake_timeout=config.handshake_timeout)
         self.max_connections = config.max_connections or _default_max_connections()
+        self.max_handshaking = (config.max_handshaking
+                                or default_max_handshaking(self.max_connections))
         self.connections: dict[int, Connection] = {}
+        self.websockets = 0  # upgrades accepted and not yet closed: what --max-connections caps
+        per_address = None
+        if config.max_connections_per_ip or config.max_handshakes_per_ip_per_s:
+            per_address = PerAddressLimits(config.max_connections_per_ip,
+                                           config.max_handshakes_per_ip_per_s)
+        self.gate = Gate(self.loop, self.stats, GateSettings(
+            max_connections=self.max_connections, max_handshaking=self.max_handshaking,
+            refusal_headroom=_REFUSAL_HEADROOM, header_timeout=config.handshake_timeout,
+            trusted_proxies=(TrustedNetworks(config.proxy_protocol_from)
+                             if config.proxy_protocol_from else None)),
+            per_address, self._open_connection)
         self._ids = itertools.count(1)
         self._listeners: list[_Listener] = []
         self._given_sockets = listen_sockets
@@ -149,6 +166,11 @@ class Server:
                                        self.config.client_cert == "required")
 
     def start(self) -> None:
+        admin_address = self.config.admin_address()
+        if admin_address is not None:
+            # First: a port already taken is a start-up error before anything else is bound.
+            self.admin = AdminListener(self.loop, bind_admin(admin_address), self,
+                                       self.settings, self.protocol_limits)
         if fastmask.install():
             logger.debug("wsproto unmasks client frames with websockets' C apply_mask")
         socks = self._given_sockets or [bind(self.config.host, self.config.port,
@@ -159,14 +181,20 @@ class Server:
             listener = _Listener(self, sock)
             self.loop.register(sock, EVENT_READ, listener)
             self._listeners.append(listener)
-        logger.info("serving %s: max %d connections, %d pool threads, %s poller",
-                    ", ".join(self.urls()), self.max_connections, self.config.threads,
-                    self.loop.poller_name)
+        self.gate.start()
+        if self.admin is not None:
+            self.admin.start()
+            logger.info("admin endpoints (/healthz, /stats, /metrics) on %s", self.admin.url)
+        if self.snapshot_path is not None:
+            self.snapshot_responder = SnapshotResponder(self.loop, self.snapshot_path,
+                                                        self.snapshot)
+            self.snapshot_responder.start()
+        logger.info("serving %s: max %d connections (%d handshaking), %d pool threads, %s "
+                    "poller", ", ".join(self.urls()), self.max_connections,
+                    self.max_handshaking, self.config.threads, self.loop.poller_name)
         self.notifier.ready(self.status_text())
         self.scaffold.start_reporting()
         self.scaffold.healthy = self._still_supervised
-        if self.peer_stats is not None:
-            self._publish_stats()
 
     def urls(self) -> list[str]:
         return urls([listener.sock for listener in self._listeners], self.config.scheme)
@@ -187,11 +215,6 @@ class Server:
             self.begin_shutdown("supervisor exited")
         return True
 
-    def _publish_stats(self) -> None:
-        assert self.peer_stats is not None
-        self.peer_stats.publish(self.snapshot())
-        self.loop.call_later(1.0, self._publish_stats)
-
     # -- accepting --------------------------------------------------------------------------
     def _accept(self, listen_sock: socket.socket) -> None:
         for _ in range(_ACCEPTS_PER_EVENT):
@@ -206,28 +229,26 @@ class Server:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue  # the client gave up while queued: not our problem
                 raise
-            self._adopt(sock, address)
+            self.stats.connections_total += 1
+            self.gate.offer(sock, address)
 
-    def _adopt(self, sock: socket.socket, address: Any) -> None:
-        if len(self.connections) >= self.max_connections + _REFUSAL_HEADROOM:
-            self.stats.connections_rejected += 1
-            sock.close()
-            return
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _open_connection(self, sock: socket.socket, address: Any) -> Connection | None:
+        """The gate admitted `sock` (from the client at `address`): TLS and a Connection."""
         try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             wrapped = tls.wrap(self.ssl_context, sock)
         except (ssl.SSLError, OSError) as exc:
             self.stats.count_tls_failure(tls.failure_reason(exc))
             logger.debug("TLS wrap failed for %s: %r", address, exc)
             sock.close()
-            return
+            return None
         conn_id = next(self._ids)
         conn = Connection(self.loop, wrapped, ServerProtocol(self.protocol_limits, conn_id),
                           self.settings, self, self.stats, address)
         self.connections[conn_id] = conn
         self.stats.connections_open = len(self.connections)
-        self.stats.connections_total += 1
         conn.start()
+        return conn
 
     def _pause_accepting(self, exc: OSError) -> None:
         if self._accept_paused:
@@ -249,13 +270,13 @@ class Server:
 
     # -- connection.Owner -------------------------------------------------------------------
     def route(self, request: Request) -> Response:
-        return routes.route(request, self)
+        return routes.public_route(request, self)
 
     def upgrade_requested(self, conn: Connection, request: Request) -> None:
-        websockets = len(self.connections)
-        if websockets > self.max_connections or self._draining:
-            # Over the limit only upgrades are refused: /healthz and /stats stay answerable.
-            self.stats.connections_rejected += 1
+        if self.websockets >= self.max_connections or self._draining:
+            # Over the limit only upgrades are refused: /healthz stays answerable.
+            self.gate.count_refusal(Refusal.DRAINING if self._draining
+                                    else Refusal.MAX_CONNECTIONS, conn.address)
             conn.respond(Response.text(503))
             return
         self.admission.check(conn, request)
@@ -263,13 +284,18 @@ class Server:
     def _admit(self, conn: Connection, identity: Any) -> None:
         """Admission let `conn` in (at once, or once the --authorize hook answered)."""
         if self._draining:  # began while the hook ran
-            self.stats.connections_rejected += 1
+            self.gate.count_refusal(Refusal.DRAINING, conn.address)
             conn.respond(Response.text(503))
             return
         handle = ConnectionHandle(self.loop, conn, conn.conn_id, conn.address, conn.peer_cert,
                                   identity)
         self.dispatcher.open(conn, handle)
         conn.accept_upgrade()
+        if conn.websocket:
+            # Counted here and uncounted in on_closed, which may already have run (a close
+            # frame right behind the request): the pair adds up either way.
+            self.websockets += 1
+            self.gate.handshake_done(conn)
 
     def tls_failed(self, conn: Connection, reason: str, error: BaseException) -> None:
         self.admission.tls_failed(conn, reason, error)
@@ -280,12 +306,21 @@ class Server:
     def on_closed(self, conn: Connection) -> None:
         self.connections.pop(conn.conn_id, None)
         self.stats.connections_open = len(self.connections)
+        if conn.websocket:
+            self.websockets -= 1
+        self.gate.closed(conn)
         self.dispatcher.close(conn)
 
     # -- routes.StatusView ------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
         snap["websockets_open"] = sum(1 for c in self.connections.values() if c.is_websocket)
+        snap["connections_handshaking"] = len(self.gate.handshaking)
+        if self.gate.per_address is not None:
+            # The per-address tables' sizes: entries leave at a count of 0 and full buckets
+            # expire, so these follow the open connections and the recent arrivals.
+            connections, buckets = self.gate.per_address.tracked
+            snap["per_address_tracked"] = {"connections": connections, "buckets": buckets}
         snap["uptime_seconds"] = time.time() - self.stats.started_at
         snap["max_connections"] = self.max_connections
         snap["pid"] = os.getpid()
@@ -293,10 +328,7 @@ class Server:
         return snap
 
     def metrics_text(self) -> str:
-        snapshot = self.snapshot()
-        if self.peer_stats is not None:
-            return self.peer_stats.render_metrics(snapshot)
-        return render_prometheus(snapshot)
+        return render_prometheus(self.snapshot())
 
     # -- running and stopping ---------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -362,6 +394,7 @@ class Server:
             except (KeyError, ValueError):
                 pass
             listener.sock.close()
+        self.gate.abort_pending()
         for conn in list(self.connections.values()):
             conn.close(1001, "server shutting down")
         self._check_drained()
@@ -384,8 +417,14 @@ class Server:
         self.scaffold.stop()
 
     def _close_everything(self) -> None:
+        self.gate.abort_pending()
         for conn in list(self.connections.values()):
             conn.abort()
+        # The admin listener stays up through the drain, so the drain can be watched.
+        if self.admin is not None:
+            self.admin.close()
+        if self.snapshot_responder is not None:
+            self.snapshot_responder.close()
         for listener in self._listeners:
             if listener.sock.fileno() != -1:
                 try:
@@ -396,6 +435,11 @@ class Server:
         graceful = self.exit_code == 0 and self.dispatcher.idle
         self.dispatcher.shutdown(wait=graceful)
         self.loop.close()
+
+
+def default_max_handshaking(max_connections: int) -> int:
+    """--max-handshaking's default: a quarter of --max-connections, at least 64 of them."""
+    return max(min(64, max_connections), max_connections // 4)
 
 
 def _default_max_connections() -> int:
@@ -413,13 +457,14 @@ def _default_max_connections() -> int:
 
 def run(config: Config, *, app: App | None = None,
         listen_sockets: list[socket.socket] | None = None, worker_id: int | None = None,
-        announce: bool = True, peer_stats: PeerStats | None = None) -> int:
+        announce: bool = True, snapshot_path: Path | None = None) -> int:
     """Start a server on this (main) thread and serve until shutdown; the exit code.
 
     Without `listen_sockets`, sockets passed by systemd ($LISTEN_FDS) are used when present,
-    else --host/--port is bound. `announce` prints the `listening on URL` line on stdout (a
-    supervisor prints it for its workers). Without `app`, the handler and message type come
-    from the flags (`app.resolve`).
+    else --host/--port is bound. `announce` prints the `listening on URL` line on stdout, then
+    `admin on URL` when there is an admin listener (a supervisor prints both for its workers).
+    Without `app`, the handler and message type come from the flags (`app.resolve`).
+    `snapshot_path`: a worker's socket for its supervisor's snapshot requests.
     """
     if app is None:
         app = resolve(config)
@@ -434,17 +479,23 @@ def run(config: Config, *, app: App | None = None,
                         len(listen_sockets), config.host, config.port)
     server = Server(config, handler=app.handler, decode=app.decode,
                     listen_sockets=listen_sockets or None, worker_id=worker_id,
-                    peer_stats=peer_stats, authorize=app.authorize)
+                    snapshot_path=snapshot_path, authorize=app.authorize)
     warning = limits.check_connection_budget(server.max_connections, soft)
     if warning:
         logger.warning("%s", warning)
     if threading.current_thread() is threading.main_thread():
         # Before start(): READY=1 invites a SIGTERM, which must find our handler in place.
         server.install_signal_handlers()
-    server.start()
+    try:
+        server.start()
+    except BaseException:
+        server._close_everything()  # e.g. the admin port was taken: release what we hold
+        raise
     if announce:
         for url in server.urls():
             print(f"listening on {url}", flush=True)
+        if server.admin is not None:
+            print(f"admin on {server.admin.url}", flush=True)
     code = server.serve_forever()
     sys.stdout.flush()
     return code

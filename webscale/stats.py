@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from .tls import FAILURE_REASONS
+from .peer_limits import Refusal
 
 
 class Histogram:
@@ -49,9 +51,10 @@ LOOP_LAG_BOUNDS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 
 class Stats:
     __slots__ = ("connections_open", "connections_total", "connections_rejected",
-                 "tls_handshake_failures", "tls_handshake_failures_by_reason",
-                 "upgrades_refused_by_reason", "ws_handshake_failures", "handshake_timeouts",
-                 "http_requests", "messages_received", "messages_decoded", "messages_handled",
+                 "connections_rejected_by_reason", "tls_handshake_failures",
+                 "tls_handshake_failures_by_reason", "upgrades_refused_by_reason",
+                 "ws_handshake_failures", "handshake_timeouts", "http_requests",
+                 "messages_received", "messages_decoded", "messages_handled",
                  "decode_errors", "handler_errors", "bytes_in", "bytes_out", "messages_out",
                  "in_flight", "pool_queue_depth", "pool_gil_bound", "paused_connections",
                  "accept_pauses", "closes_by_code", "handler_seconds", "loop_lag_seconds",
@@ -61,6 +64,10 @@ class Stats:
         self.connections_open = 0
         self.connections_total = 0
         self.connections_rejected = 0
+        # Every reason from the start, at 0: a counter that appears only once it moves is hard
+        # to alert on.
+        self.connections_rejected_by_reason: Counter[str] = Counter(
+            dict.fromkeys((refusal.value for refusal in Refusal), 0))
         self.tls_handshake_failures = 0
         # Every reason present from the start, so /stats and /metrics show the zeros.
         self.tls_handshake_failures_by_reason: Counter[str] = Counter(
@@ -92,6 +99,11 @@ class Stats:
         self.tls_handshake_failures += 1
         self.tls_handshake_failures_by_reason[reason] += 1
 
+    def reject(self, refusal: Refusal) -> None:
+        """A connection refused (or dropped before its handshake finished), by reason."""
+        self.connections_rejected += 1
+        self.connections_rejected_by_reason[refusal.value] += 1
+
     def snapshot(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name in self.__slots__:
@@ -103,3 +115,34 @@ class Stats:
             else:
                 out[name] = value
         return out
+
+
+# Keys of a snapshot that describe one process rather than add up over several.
+_PER_PROCESS = frozenset({"pid", "worker", "started_at", "uptime_seconds"})
+
+
+def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Several processes' snapshots as one: numbers add up, counters by key, histograms bucket
+    by bucket (every process uses the same bounds); per-process keys (pid, worker, uptime) are
+    left out for the caller to fill in."""
+    out: dict[str, Any] = {}
+    for snapshot in snapshots:
+        for key, value in snapshot.items():
+            if key in _PER_PROCESS or value is None or isinstance(value, bool | str | list):
+                continue
+            if isinstance(value, dict):
+                into = out.setdefault(key, {})
+                if "bounds" in value:  # a Histogram.snapshot()
+                    if not into:
+                        into.update(bounds=list(value["bounds"]), counts=[0] * len(value["counts"]),
+                                    sum=0.0, count=0)
+                    into["counts"] = [a + b for a, b in zip(into["counts"], value["counts"],
+                                                            strict=True)]
+                    into["sum"] += value["sum"]
+                    into["count"] += value["count"]
+                else:
+                    for name, count in value.items():
+                        into[name] = into.get(name, 0) + count
+            else:
+                out[key] = out.get(key, 0) + value
+    return out

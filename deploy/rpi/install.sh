@@ -163,6 +163,17 @@ install_env_file() {
 # Examples:
 #   WEBSCALE_OPTS=--workers 4 --threads 16 --port 443
 #   WEBSCALE_OPTS=--ping-interval 20 --ping-timeout 20 --max-message-size 2097152
+#
+# Per-address limits (off by default; closed before TLS, counted in /stats by reason). Devices
+# behind one NAT (a site, a mobile carrier) share an address: allow the most devices you expect
+# behind one address, with room for reconnects. For devices that each have their own address:
+#   WEBSCALE_OPTS=--max-connections-per-ip 8 --max-handshakes-per-ip-per-s 2
+# For sites of up to ~200 devices behind one NAT router:
+#   WEBSCALE_OPTS=--max-connections-per-ip 256 --max-handshakes-per-ip-per-s 50
+# Behind deploy/haproxy (send-proxy-v2), name the balancer so limits see the clients' addresses:
+#   WEBSCALE_OPTS=--proxy-protocol-from 192.168.1.10/32 --max-connections-per-ip 8
+# The admin listener (/stats, /metrics) is on 127.0.0.1:8442; for a Prometheus elsewhere:
+#   WEBSCALE_OPTS=--admin 192.168.1.11:8442
 WEBSCALE_OPTS=
 EOF
         chmod 0644 "$CONF_DIR/webscale.env"
