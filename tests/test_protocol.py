@@ -361,3 +361,25 @@ def test_head_request_gets_headers_only() -> None:
     out = proto.data_to_send()
     assert out.startswith(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n")
     assert out.endswith(b"\r\n\r\n")
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 4, 5])
+def test_text_split_inside_a_multibyte_character(cut: int) -> None:
+    """A whole frame decodes in one go; a payload cut across reads (or fragments) still decodes
+    through wsproto's incremental path, a character split between the two included."""
+    text = "h\u00e9\u20ac\U0001f600"
+    payload = text.encode()
+    proto = opened()
+    frame = masked_frame(0x1, payload)
+    head = len(frame) - len(payload)
+    assert proto.receive_data(frame[:head + cut]) == []
+    assert proto.receive_data(frame[head + cut:]) == [MessageReceived(text)]
+    proto = opened()
+    parts = masked_frame(0x1, payload[:cut], fin=False) + masked_frame(0x0, payload[cut:])
+    assert proto.receive_data(parts) == [MessageReceived(text)]
+
+
+def test_invalid_utf8_in_a_fragment_closes_1007() -> None:
+    proto = opened()
+    events = proto.receive_data(masked_frame(0x1, b"ok", fin=False) + masked_frame(0x0, b"\xff"))
+    assert [(type(e), e.code) for e in events] == [(Closed, 1007)]  # type: ignore[union-attr]

@@ -123,16 +123,20 @@ class _EpollPoller:
             raise KeyError(fd)
         self._epoll.unregister(fd)
 
-    def poll(self, timeout: float | None) -> list[tuple[Handler, int]]:
-        ready = self._epoll.poll(-1 if timeout is None else timeout)
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        return self._epoll.poll(-1 if timeout is None else timeout)
+
+    def dispatch(self, ready: list[tuple[int, int]]) -> None:
+        """Call each ready handler; handlers ignore calls after they closed (an earlier one in
+        this batch may have closed them), so a closed fd's stale event is harmless."""
         handlers = self._handlers
-        out = []
         for fd, mask in ready:
             handler = handlers.get(fd)
             if handler is not None:
-                out.append((handler, (EVENT_READ if mask & _EPOLL_READISH else 0)
-                            | (EVENT_WRITE if mask & _EPOLL_WRITEISH else 0)))
-        return out
+                if mask & _EPOLL_READISH:
+                    handler.on_readable()
+                if mask & _EPOLL_WRITEISH:
+                    handler.on_writable()
 
     def close(self) -> None:
         self._epoll.close()
@@ -154,8 +158,16 @@ class _SelectorPoller:
     def unregister(self, sock: socket.socket) -> None:
         self._selector.unregister(sock)
 
-    def poll(self, timeout: float | None) -> list[tuple[Handler, int]]:
-        return [(key.data, mask) for key, mask in self._selector.select(timeout)]
+    def poll(self, timeout: float | None) -> list[tuple[selectors.SelectorKey, int]]:
+        return self._selector.select(timeout)
+
+    def dispatch(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, mask in ready:
+            handler: Handler = key.data
+            if mask & EVENT_READ:
+                handler.on_readable()
+            if mask & EVENT_WRITE:
+                handler.on_writable()
 
     def close(self) -> None:
         self._selector.close()
@@ -299,26 +311,24 @@ class EventLoop:
             timeout = 0.0
         else:
             timeout = max_wait
-            if self._timers:
-                until = self._timers[0].when - time.monotonic()
-                timeout = until if timeout is None or until < timeout else timeout
-            if self._coarse_next:
-                until = self._coarse_next * COARSE_TICK - time.monotonic()
-                timeout = until if timeout is None or until < timeout else timeout
+            if self._timers or self._coarse_next:
+                now = time.monotonic()
+                if self._timers:
+                    until = self._timers[0].when - now
+                    timeout = until if timeout is None or until < timeout else timeout
+                if self._coarse_next:
+                    until = self._coarse_next * COARSE_TICK - now
+                    timeout = until if timeout is None or until < timeout else timeout
             cap = self.wait_cap
             if cap is not None and (timeout is None or cap < timeout):
                 timeout = cap
             if timeout is not None and timeout < 0.0:
                 timeout = 0.0
-        events = self._poller.poll(timeout)
+        poller = self._poller
+        ready = poller.poll(timeout)
         started = self.now = time.monotonic()
-        for handler, mask in events:
-            # Handlers ignore calls after they closed (an earlier handler in this batch may
-            # have closed them), so no re-check of the registration is needed here.
-            if mask & EVENT_READ:
-                handler.on_readable()
-            if mask & EVENT_WRITE:
-                handler.on_writable()
+        if ready:
+            poller.dispatch(ready)  # type: ignore[arg-type]
         self._run_queued()
         self._run_timers()
         self.iterations += 1

@@ -35,7 +35,14 @@ import h11
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request
 from wsproto.extensions import Extension
-from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
+from wsproto.frame_protocol import (
+    CloseReason,
+    Frame,
+    FrameProtocol,
+    MessageDecoder,
+    Opcode,
+    ParseFailed,
+)
 from wsproto.utilities import RemoteProtocolError
 
 from .deflate import NegotiatedDeflate
@@ -119,6 +126,30 @@ _TEXT, _BINARY, _PING, _PONG, _CLOSE = (Opcode.TEXT, Opcode.BINARY, Opcode.PING,
 
 # What the peer reads in our close frame when it broke the protocol (RFC 6455 §7.4.1).
 _CLOSE_REASONS = {1002: "protocol error", 1007: "invalid message data", 1009: "message too big"}
+
+
+class _WholeTextDecoder(MessageDecoder):
+    """wsproto's MessageDecoder, except that a text message arriving whole (one frame, its
+    payload complete: the common case) is decoded with one strict `bytes.decode` instead of a
+    new incremental decoder per message (~1.5 us of a 10 KB message's ~8). Invalid UTF-8 is the
+    same ParseFailed (1007); fragments and partial payloads take wsproto's own path."""
+
+    def process_frame(self, frame: Frame) -> Frame:
+        if (frame.opcode is _TEXT and self.opcode is None and frame.frame_finished
+                and frame.message_finished):
+            try:
+                text = cast(bytes, frame.payload).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ParseFailed(str(exc), CloseReason.INVALID_FRAME_PAYLOAD_DATA) from None
+            return Frame(_TEXT, text, True, True)
+        return super().process_frame(frame)
+
+
+def _frame_protocol(extensions: list[Extension]) -> FrameProtocol:
+    """wsproto's frame state machine for a server, with the whole-text decoder."""
+    frames = FrameProtocol(client=False, extensions=extensions)
+    frames._message_decoder = _WholeTextDecoder()
+    return frames
 
 
 def _is_upgrade(request: h11.Request) -> bool:
@@ -273,7 +304,7 @@ class ServerProtocol:
         # wsproto's frame state machine with the extensions the handshake agreed to; the
         # WSConnection (an h11.Connection, the request's headers) is dropped: several KiB per
         # idle client.
-        self._ws = FrameProtocol(client=False, extensions=extensions)
+        self._ws = _frame_protocol(extensions)
         self._handshake = None
         self.extensions = tuple(ext.name for ext in extensions if ext.enabled())
         self._move(Phase.OPEN, "upgrade accepted")
