@@ -3,13 +3,12 @@
     WebscaleError                   root: catch this to catch anything of ours
     ├── ConfigError                 a flag or setting is invalid (raised once, at start-up)
     ├── StateError                  an impossible connection-state transition (a bug, never input)
-    ├── ProtocolError               the peer broke a protocol rule; carries the close code to send
-    │   └── MessageTooBig           a message exceeded --max-message-size (close 1009)
     ├── DecodeError                 a message is not valid JSON or not the payload's shape
     ├── Reject                      raised by an --authorize hook: refuse the upgrade with a status
     └── ProxyHeaderError            a PROXY protocol header is malformed or too long
 
-Protocol errors become close codes at the connection boundary; DecodeError is counted and
+A peer's protocol violation is not an exception here: the sans-I/O protocol turns it into a
+close code (protocol.py, RFC 6455 §7.4.1). DecodeError is counted and
 reported, never fatal to the process; Reject becomes the HTTP answer to an upgrade request;
 ProxyHeaderError closes that connection before TLS.
 """
@@ -27,21 +26,6 @@ class ConfigError(WebscaleError):
 
 class StateError(WebscaleError):
     """A connection was asked to move between states in a way the state machine forbids."""
-
-
-class ProtocolError(WebscaleError):
-    """The peer violated the protocol; `close_code` is what we answer with (RFC 6455 §7.4.1)."""
-
-    def __init__(self, message: str, close_code: int = 1002) -> None:
-        super().__init__(message)
-        self.close_code = close_code
-
-
-class MessageTooBig(ProtocolError):
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"message of {size}+ bytes exceeds the limit of {limit}", 1009)
-        self.size = size
-        self.limit = limit
 
 
 class DecodeError(WebscaleError):

@@ -109,10 +109,6 @@ class SystemdNotifier:
         """Keep-alive ping; must arrive within WatchdogSec or systemd restarts the service."""
         return self.notify("WATCHDOG=1")
 
-    def extend_timeout(self, seconds: float) -> bool:
-        """Ask for more time to start or stop (e.g. a long graceful drain)."""
-        return self.notify(f"EXTEND_TIMEOUT_USEC={max(0, int(seconds * 1_000_000))}")
-
     def watchdog_interval(self) -> float | None:
         """Seconds between `watchdog` calls, or None when no watchdog is armed for this process.
 
