@@ -3,7 +3,9 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-VENV="$ROOT/.venv"
+# Another interpreter gets its own venv: PYTHON=~/.pyenv/versions/3.13.0/bin/python \
+# VENV=.venv-3.13 scripts/test
+VENV="${VENV:-$ROOT/.venv}"
 ensure_venv() {
     local extras="$1" stamp="$VENV/.installed-$1"
     if [ ! -x "$VENV/bin/python" ]; then
