@@ -72,13 +72,7 @@ class ServerProcess:
         """GET `path` from the admin listener (plain HTTP)."""
         assert self.admin_url is not None, "this server has no admin listener"
         host, port = self.admin_url.removeprefix("http://").rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=timeout * UNIT)
-        try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
+        return _get(http.client.HTTPConnection(host, int(port), timeout=timeout * UNIT), path)
 
     def http_get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         """GET `path` from the public (WebSocket) port."""
@@ -89,12 +83,7 @@ class ServerProcess:
                 context=client_ssl_context(self.cafile, self.client_cert))
         else:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout * UNIT)
-        try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
+        return _get(conn, path)
 
     def stats(self) -> dict[str, Any]:
         """/stats from the admin listener (or the public port of a server without one)."""
@@ -122,6 +111,15 @@ class ServerProcess:
                 self.proc.wait()
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 WEBSCALE = ["-m", "webscale", "serve"]
