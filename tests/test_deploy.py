@@ -1,5 +1,6 @@
 """deploy/rpi: the systemd units verify, the sysctl drop-ins explain themselves, the scripts lint.
 
+Static checks only; deploy/rpi/container-check.sh runs the service under a real systemd.
 `systemd-analyze` and `shellcheck` come from Debian's `systemd` and `shellcheck` packages; the
 tests that need them are skipped, saying so, where they are not installed (failed under CI=true).
 """
@@ -26,6 +27,7 @@ SOCKET = RPI / "webscale.socket"
 SYSCTL = RPI / "90-webscale.conf"
 BENCH_SYSCTL = RPI / "91-webscale-bench-client.conf"
 INSTALL = RPI / "install.sh"
+CONTAINER_CHECK = RPI / "container-check.sh"
 # Where install.sh puts the console script; it does not exist on a development machine.
 INSTALLED_BINARY = "/opt/webscale/venv/bin/webscale"
 
@@ -250,7 +252,7 @@ def test_install_sh_parses() -> None:
     assert re.search(r"^set -E?euo pipefail", INSTALL.read_text(), re.MULTILINE)
 
 
-@pytest.mark.parametrize("script", [INSTALL], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [INSTALL, CONTAINER_CHECK], ids=lambda p: p.name)
 def test_scripts_pass_shellcheck(script: Path) -> None:
     result = subprocess.run(
         [require_tool("shellcheck", "shellcheck"), "--shell=bash", str(script)],
@@ -277,6 +279,37 @@ def test_env_file_examples_need_no_capability() -> None:
         words = example.split()
         if "--port" in words:
             assert int(words[words.index("--port") + 1]) >= 1024, example
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_container_check_fails_in_ci_and_skips_elsewhere_without_its_tools(
+        tmp_path: Path, ci: str) -> None:
+    bin_dir = tmp_path / "bin"  # dirname only: no systemd-nspawn, debootstrap, dpkg ...
+    bin_dir.mkdir()
+    dirname = shutil.which("dirname")
+    assert dirname is not None
+    (bin_dir / "dirname").symlink_to(dirname)
+    result = subprocess.run(
+        [shutil.which("bash") or "/bin/bash", str(CONTAINER_CHECK)],
+        env={"PATH": str(bin_dir), "CI": ci}, check=False, capture_output=True, text=True,
+        timeout=30,
+    )
+    output = result.stdout + result.stderr
+    if ci:
+        assert result.returncode == 1, output
+        assert "CI=true: not skipping" in output, output
+    else:
+        assert result.returncode == 0, output
+        assert "skipped:" in output, output
+
+
+def test_container_check_help_runs_without_root() -> None:
+    result = subprocess.run(
+        ["bash", str(CONTAINER_CHECK), "--help"], check=False, capture_output=True, text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--arch" in result.stdout and "--rebuild" in result.stdout
 
 
 def shell_function(script: Path, name: str) -> str:
