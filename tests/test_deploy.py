@@ -28,6 +28,7 @@ SYSCTL = RPI / "90-webscale.conf"
 BENCH_SYSCTL = RPI / "91-webscale-bench-client.conf"
 INSTALL = RPI / "install.sh"
 CONTAINER_CHECK = RPI / "container-check.sh"
+README = RPI / "README.md"
 # Where install.sh puts the console script; it does not exist on a development machine.
 INSTALLED_BINARY = "/opt/webscale/venv/bin/webscale"
 
@@ -105,7 +106,10 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert result.stderr.strip() == "", result.stderr
 
 
-def test_service_hardening_exposure_stays_low() -> None:
+def test_service_hardening_exposure_stays_at_the_readmes_figure() -> None:
+    """0 is a fully locked-down unit, 10 an unprotected one. The README states the score that
+    container-check.sh measures on the installed unit; offline, on the file, it may differ by
+    a tenth (systemd 252: 1.3 installed, 1.4 offline)."""
     result = subprocess.run(
         [require_tool("systemd-analyze", "systemd"), "security", "--offline=yes",
          "--no-pager", str(SERVICE)],
@@ -116,8 +120,9 @@ def test_service_hardening_exposure_stays_low() -> None:
     )
     match = re.search(r"Overall exposure level for webscale\.service: ([0-9.]+)", result.stdout)
     assert match, result.stdout + result.stderr
-    # 0 is a fully locked-down unit, 10 an unprotected one; the shipped unit scores 1.4 offline.
-    assert float(match.group(1)) <= 2.0, result.stdout
+    documented = re.search(r"scores the unit ([0-9]+\.[0-9])", README.read_text())
+    assert documented, "deploy/rpi/README.md should say 'scores the unit N.N'"
+    assert float(match.group(1)) <= float(documented.group(1)) + 0.2, result.stdout
 
 
 def test_service_has_the_required_settings() -> None:
