@@ -102,9 +102,22 @@ nspawn_dir_existed=0
 [[ -d /run/systemd/nspawn ]] && nspawn_dir_existed=1
 nspawn_pid=""
 pid1=""  # the container's systemd, as seen from the host
+bg_pid=""  # the step in_background waits for
 cgroup_name=""
 cgroup_roots=()
 building=""
+
+# Long steps run in a process group of their own, in the background, waited for: bash runs a
+# trap (Ctrl-C, a CI timeout's SIGTERM) only between commands, and `wait` is one it interrupts;
+# the cleanup then ends the step's whole group by its ID.
+in_background() {
+    setsid "$@" &
+    bg_pid=$!
+    local status=0
+    wait "$bg_pid" || status=$?
+    bg_pid=""
+    return "$status"
+}
 
 # Every process in our cgroups (the container, nspawn), deepest cgroups first.
 cgroup_pids() {
@@ -180,6 +193,11 @@ remove_tree() {
 cleanup() {
     local status=$?
     trap - ERR
+    if [[ -n "$bg_pid" ]]; then
+        kill -TERM -- "-$bg_pid" 2>/dev/null || true
+        sleep 1
+        kill -KILL -- "-$bg_pid" 2>/dev/null || true
+    fi
     stop_container
     remove_cgroups
     if [[ -n "$building" ]]; then
@@ -246,8 +264,8 @@ rootfs_for() {  # rootfs_for ARCH: build unless cached with the same recipe; set
     remove_tree "$building"
     log "$arch: debootstrap $SUITE into $building (once; cached afterwards)"
     # One stage even for arm64: binfmt_misc runs the foreign binaries in the second stage.
-    timeout 3600 debootstrap --arch="$arch" --variant=minbase --include="$PACKAGES" \
-        "$SUITE" "$building" "$MIRROR" > "$CACHE/debootstrap-$arch.log" 2>&1 \
+    in_background timeout 3600 debootstrap --arch="$arch" --variant=minbase \
+        --include="$PACKAGES" "$SUITE" "$building" "$MIRROR" > "$CACHE/debootstrap-$arch.log" 2>&1 \
         || { tail -n 30 "$CACHE/debootstrap-$arch.log" >&2; die "debootstrap $arch failed"; }
     # A host name the README's `curl https://$(hostname):8443/healthz` resolves, the way
     # Raspberry Pi OS and Debian's installer write it.
@@ -360,7 +378,9 @@ check_arch() {
         waited=$((waited + 1))
     done
     in_container() { nsenter --target "$pid1" --all -- env -i "${env_args[@]}" "$@"; }
-    state="$(in_container timeout $((120 * slow)) systemctl is-system-running --wait || true)"
+    in_background timeout $((120 * slow)) nsenter --target "$pid1" --all -- \
+        systemctl is-system-running --wait > "$CACHE/state-$arch" || true
+    state="$(cat "$CACHE/state-$arch")"
     case "$state" in
         running) ;;
         # Under qemu, systemd-sysusers and systemd-tmpfiles fail on credentials ("Invalid
@@ -376,7 +396,7 @@ check_arch() {
         2>/dev/null; update-ca-certificates >/dev/null 2>&1" \
         || die "$arch: update-ca-certificates failed in the container"
     local checks_started=$SECONDS checks_status=0
-    timeout --kill-after=30 "$limit" nsenter --target "$pid1" --all -- \
+    in_background timeout --kill-after=30 "$limit" nsenter --target "$pid1" --all -- \
         env -i "${env_args[@]}" timeout "$limit" \
         python3 -B "$SRC_IN_CONTAINER/deploy/rpi/container_checks.py" \
         --repo "$SRC_IN_CONTAINER" --slow "$slow" || checks_status=$?
@@ -390,7 +410,8 @@ check_arch() {
 
 mkdir -p "$CACHE"
 exec 9> "$CACHE/.lock"
-flock -w 3600 9 || die "another container-check holds $CACHE/.lock"
+# The lock belongs to the open file (fd 9), which flock shares with this shell.
+in_background flock -w 3600 9 || die "another container-check holds $CACHE/.lock"
 for arch in $arches; do
     check_arch "$arch"
 done
