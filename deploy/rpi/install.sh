@@ -20,8 +20,9 @@ SYSCTL_FILE=/etc/sysctl.d/90-webscale.conf
 SERVICE_USER=webscale
 # Written only when Python's ABI is not systemd's (check_userland); owned by install.sh.
 ARCH_DROPIN="$UNIT_DIR/webscale.service.d/50-python-arch.conf"
-# systemd's own binary, whose architecture is what SystemCallArchitectures=native means.
-MANAGER_EXE="${MANAGER_EXE:-/proc/1/exe}"
+# systemd's own binary, whose architecture is what SystemCallArchitectures=native means. Not
+# /proc/1/exe: under qemu-user that is the emulator (an x86-64 binary for an arm64 systemd).
+MANAGER_EXE="${MANAGER_EXE:-/lib/systemd/systemd}"
 # Debian's own Python: the unit's ProtectHome=yes hides a pyenv or conda Python under /root or
 # /home, and a venv only links to its base interpreter.
 PYTHON="${PYTHON:-/usr/bin/python3}"
@@ -135,8 +136,7 @@ check_userland() {
     # Pi OS needs nothing here even on a 64-bit kernel: its systemd is 32-bit too.
     local python_machine manager_machine compat=""
     python_machine="$(elf_machine "$(readlink -f "$PYTHON")")" || return 0
-    manager_machine="$(elf_machine "$MANAGER_EXE" || elf_machine /lib/systemd/systemd)" \
-        || return 0
+    manager_machine="$(elf_machine "$MANAGER_EXE")" || return 0
     if [[ "$python_machine" != "$manager_machine" ]]; then
         case "$python_machine" in
             3) compat=x86 ;;
