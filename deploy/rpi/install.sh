@@ -176,10 +176,11 @@ install_venv() {
         "$PYTHON" -m venv "$VENV"
     fi
     log "installing webscale from $REPO"
-    # pyproject.toml's build needs setuptools >= 68 (bookworm's venv has 66). Installed into the
-    # venv once and the build run without isolation, a re-run needs no index: everything it
-    # needs is in the venv already (unless pyproject.toml gained or raised a dependency).
-    "$VENV/bin/python" -m pip install --quiet "setuptools>=68"
+    # pyproject.toml's build needs setuptools >= 68 (bookworm's venv has 66); without build
+    # isolation also its own bdist_wheel (70.1 and later; before, the separate `wheel`).
+    # Installed into the venv once and the build run without isolation, a re-run needs no
+    # index: everything it needs is in the venv already (unless a dependency changed).
+    "$VENV/bin/python" -m pip install --quiet "setuptools>=70.1"
     # Not editable: /opt/webscale must not depend on this checkout staying where it is.
     # --upgrade reinstalls webscale itself; dependencies change only when they no longer fit.
     "$VENV/bin/python" -m pip install --quiet --no-build-isolation --upgrade "$STAGE"
