@@ -158,7 +158,8 @@ def test_max_connections_fits_a_1gb_pi_under_memory_max() -> None:
     """The README's arithmetic ("Memory"), redone here so that a change to one number shows."""
     argv = exec_start_argv()
     max_connections = int(argv[argv.index("--max-connections") + 1])
-    workers = int(argv[argv.index("--workers") + 1])
+    workers_flag = argv[argv.index("--workers") + 1]
+    workers = 4 if workers_flag == "auto" else int(workers_flag)  # auto: a Pi 4's four cores
     (memory_max,) = setting(SERVICE, "Service", "MemoryMax")
     ram = 0.9 * 2**30  # what a 1 GB Pi 4 reports as MemTotal, roughly (firmware keeps the rest)
     budget = ram * int(memory_max[:-1]) / 100
