@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = float(os.environ.get("WEBSCALE_TEST_UNIT", "1.0"))
@@ -38,6 +41,22 @@ def wait_for(predicate: Callable[[], Any], units: float = 5.0, interval: float =
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {units * UNIT:.1f}s waiting for {what}")
         time.sleep(interval)
+
+
+def require_tool(name: str, package: str, extra_path: str = "") -> str:
+    """The path of the command `name`: skip the test when it is missing, but fail it in CI.
+
+    CI (`.ci/run`, which CI runs with CI=true) installs every tool a test needs, so there a
+    missing tool means a broken CI setup, which a skip would hide. `extra_path` is searched too
+    (Debian puts haproxy in /usr/sbin, which an unprivileged user's PATH often lacks).
+    """
+    path = shutil.which(name) or (shutil.which(name, path=extra_path) if extra_path else None)
+    if path is not None:
+        return path
+    reason = f"{name} not installed (Debian package: {package})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI=true, so this is an error, not a skip", pytrace=False)
+    pytest.skip(reason)
 
 
 def client_ssl_context(cafile: Path, client_cert: tuple[Path, Path] | None = None

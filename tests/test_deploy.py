@@ -1,12 +1,14 @@
-"""deploy/rpi: the systemd units verify, the sysctl drop-in explains itself, install.sh lints.
+"""deploy/rpi: the systemd units verify, the sysctl drop-ins explain themselves, the scripts lint.
 
+Static checks only; deploy/rpi/container-check.sh runs the service under a real systemd.
 `systemd-analyze` and `shellcheck` come from Debian's `systemd` and `shellcheck` packages; the
-tests that need them are skipped, saying so, where they are not installed.
+tests that need them are skipped, saying so, where they are not installed (failed under CI=true).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
 import shutil
@@ -16,20 +18,19 @@ from pathlib import Path
 
 import pytest
 
+from helpers import require_tool
+
 REPO = Path(__file__).resolve().parent.parent
 RPI = REPO / "deploy" / "rpi"
 SERVICE = RPI / "webscale.service"
 SOCKET = RPI / "webscale.socket"
 SYSCTL = RPI / "90-webscale.conf"
+BENCH_SYSCTL = RPI / "91-webscale-bench-client.conf"
 INSTALL = RPI / "install.sh"
+CONTAINER_CHECK = RPI / "container-check.sh"
+README = RPI / "README.md"
 # Where install.sh puts the console script; it does not exist on a development machine.
 INSTALLED_BINARY = "/opt/webscale/venv/bin/webscale"
-
-needs_systemd_analyze = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None,
-    reason="systemd-analyze not installed (Debian package: systemd)",
-)
-
 
 def unit_settings(path: Path) -> list[tuple[str, str, str]]:
     """(section, key, value) for every assignment, continuation lines joined, in order."""
@@ -65,7 +66,7 @@ def exec_start_argv() -> list[str]:
 def run_verify(unit_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            "systemd-analyze",
+            require_tool("systemd-analyze", "systemd"),
             "verify",
             "--man=no",
             str(unit_dir / "webscale.service"),
@@ -78,7 +79,6 @@ def run_verify(unit_dir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@needs_systemd_analyze
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     """Verify the units exactly as shipped, except the console script's install path.
 
@@ -106,10 +106,13 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert result.stderr.strip() == "", result.stderr
 
 
-@needs_systemd_analyze
-def test_service_hardening_exposure_stays_low() -> None:
+def test_service_hardening_exposure_stays_at_the_readmes_figure() -> None:
+    """0 is a fully locked-down unit, 10 an unprotected one. The README states the score that
+    container-check.sh measures on the installed unit; offline, on the file, it may differ by
+    a tenth (systemd 252: 1.3 installed, 1.4 offline)."""
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(SERVICE)],
+        [require_tool("systemd-analyze", "systemd"), "security", "--offline=yes",
+         "--no-pager", str(SERVICE)],
         check=False,
         capture_output=True,
         text=True,
@@ -117,8 +120,9 @@ def test_service_hardening_exposure_stays_low() -> None:
     )
     match = re.search(r"Overall exposure level for webscale\.service: ([0-9.]+)", result.stdout)
     assert match, result.stdout + result.stderr
-    # 0 is a fully locked-down unit, 10 an unprotected one; the shipped unit scores about 1.6.
-    assert float(match.group(1)) <= 2.0, result.stdout
+    documented = re.search(r"scores the unit ([0-9]+\.[0-9])", README.read_text())
+    assert documented, "deploy/rpi/README.md should say 'scores the unit N.N'"
+    assert float(match.group(1)) <= float(documented.group(1)) + 0.2, result.stdout
 
 
 def test_service_has_the_required_settings() -> None:
@@ -134,6 +138,7 @@ def test_service_has_the_required_settings() -> None:
         "ExecReload": "/bin/kill -HUP $MAINPID",
         "CapabilityBoundingSet": "",
         "KillMode": "mixed",
+        "OOMPolicy": "continue",
     }
     for key, value in expected.items():
         assert setting(SERVICE, "Service", key) == [value], key
@@ -144,6 +149,26 @@ def test_service_has_the_required_settings() -> None:
         SERVICE, "Service", "DynamicUser"
     ) == ["yes"]
     assert setting(SERVICE, "Service", "AmbientCapabilities") == []
+    # A share of RAM (one unit for every Pi size), leaving the rest to the system.
+    (memory_max,) = setting(SERVICE, "Service", "MemoryMax")
+    assert memory_max.endswith("%") and 25 <= int(memory_max[:-1]) <= 90, memory_max
+
+
+def test_max_connections_fits_a_1gb_pi_under_memory_max() -> None:
+    """The README's arithmetic ("Memory"), redone here so that a change to one number shows."""
+    argv = exec_start_argv()
+    max_connections = int(argv[argv.index("--max-connections") + 1])
+    workers_flag = argv[argv.index("--workers") + 1]
+    workers = 4 if workers_flag == "auto" else int(workers_flag)  # auto: a Pi 4's four cores
+    (memory_max,) = setting(SERVICE, "Service", "MemoryMax")
+    ram = 0.9 * 2**30  # what a 1 GB Pi 4 reports as MemTotal, roughly (firmware keeps the rest)
+    budget = ram * int(memory_max[:-1]) / 100
+    buffered = ram / 4  # --max-buffered-bytes' default: a quarter of the RAM
+    per_process = 40 * 2**20  # interpreter, libraries, thread pool: ~26 MiB measured, rounded up
+    per_connection = 22 * 2**10  # 18 KB of server memory + ~4 KB of kernel socket state, idle
+    processes = workers + (1 if workers > 1 else 0)  # plus the supervisor
+    needed = processes * per_process + buffered + workers * max_connections * per_connection
+    assert needed <= budget, f"{needed / 2**20:.0f} MiB > {budget / 2**20:.0f} MiB"
 
 
 def test_socket_unit_listens_on_443() -> None:
@@ -182,28 +207,45 @@ def test_every_sysctl_setting_is_explained_and_fits_limit_nofile() -> None:
         # The comment directly above says why (STYLE: comments say why).
         assert index > 0 and lines[index - 1].startswith("#"), f"no comment above {line!r}"
         values[key.strip()] = value.strip()
-    for key in (
-        "net.core.somaxconn",
-        "net.ipv4.tcp_max_syn_backlog",
-        "net.ipv4.ip_local_port_range",
-        "fs.file-max",
-        "fs.nr_open",
-        "net.core.netdev_max_backlog",
-    ):
+    for key in ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog",
+                "net.core.netdev_max_backlog"):
         assert key in values, key
-    (limit_nofile,) = setting(SERVICE, "Service", "LimitNOFILE")
-    assert int(values["fs.nr_open"]) >= int(limit_nofile)
+    # Debian's systemd raises both to the kernel's maximum at boot; a value here would lower
+    # them. A widened port range lets outgoing connections take the service's port.
+    for key in ("fs.file-max", "fs.nr_open", "net.ipv4.ip_local_port_range"):
+        assert key not in values, key
     (backlog,) = setting(SOCKET, "Socket", "Backlog")
     assert int(values["net.core.somaxconn"]) >= int(backlog)
+
+
+def sysctl_values(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    values: dict[str, str] = {}
+    for index, line in enumerate(lines):
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            assert lines[index - 1].startswith("#"), f"no comment above {line!r}"
+            values[key.strip()] = value.strip()
+    return values
+
+
+def test_bench_client_port_range_reserves_the_services_ports() -> None:
+    values = sysctl_values(BENCH_SYSCTL)
+    low, high = (int(port) for port in values["net.ipv4.ip_local_port_range"].split())
+    reserved = {int(port) for port in values["net.ipv4.ip_local_reserved_ports"].split(",")}
+    argv = exec_start_argv()
+    service_ports = {int(argv[argv.index("--port") + 1]),
+                     *(int(port) for port in setting(SOCKET, "Socket", "ListenStream"))}
+    for port in service_ports:
+        assert not low <= port <= high or port in reserved, port
 
 
 def test_sysctl_keys_exist_in_this_kernel() -> None:
     proc = Path("/proc/sys")
     if not proc.is_dir():
         pytest.skip("no /proc/sys here")
-    for line in SYSCTL.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key = line.partition("=")[0].strip()
+    for path in (SYSCTL, BENCH_SYSCTL):
+        for key in sysctl_values(path):
             assert (proc / key.replace(".", "/")).exists(), key
 
 
@@ -216,13 +258,11 @@ def test_install_sh_parses() -> None:
     assert re.search(r"^set -E?euo pipefail", INSTALL.read_text(), re.MULTILINE)
 
 
-@pytest.mark.skipif(
-    shutil.which("shellcheck") is None,
-    reason="shellcheck not installed (Debian package: shellcheck)",
-)
-def test_install_sh_passes_shellcheck() -> None:
+@pytest.mark.parametrize("script", [INSTALL, CONTAINER_CHECK], ids=lambda p: p.name)
+def test_scripts_pass_shellcheck(script: Path) -> None:
     result = subprocess.run(
-        ["shellcheck", "--shell=bash", str(INSTALL)], check=False, capture_output=True, text=True
+        [require_tool("shellcheck", "shellcheck"), "--shell=bash", str(script)],
+        check=False, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -233,3 +273,99 @@ def test_install_sh_help_runs_without_root() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "--socket" in result.stdout and "--uninstall" in result.stdout
+
+
+def test_env_file_examples_need_no_capability() -> None:
+    """The commented examples install.sh writes must start the unit as shipped: a port below
+    1024 needs CAP_NET_BIND_SERVICE, which CapabilityBoundingSet= withholds."""
+    examples = re.findall(r"^#\s+WEBSCALE_OPTS=(.*)$", INSTALL.read_text(), re.MULTILINE)
+    assert examples
+    assert setting(SERVICE, "Service", "CapabilityBoundingSet") == [""]
+    for example in examples:
+        words = example.split()
+        if "--port" in words:
+            assert int(words[words.index("--port") + 1]) >= 1024, example
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_container_check_fails_in_ci_and_skips_elsewhere_without_its_tools(
+        tmp_path: Path, ci: str) -> None:
+    bin_dir = tmp_path / "bin"  # dirname only: no systemd-nspawn, debootstrap, dpkg ...
+    bin_dir.mkdir()
+    dirname = shutil.which("dirname")
+    assert dirname is not None
+    (bin_dir / "dirname").symlink_to(dirname)
+    result = subprocess.run(
+        [shutil.which("bash") or "/bin/bash", str(CONTAINER_CHECK)],
+        env={"PATH": str(bin_dir), "CI": ci}, check=False, capture_output=True, text=True,
+        timeout=30,
+    )
+    output = result.stdout + result.stderr
+    if ci:
+        assert result.returncode == 1, output
+        assert "CI=true: not skipping" in output, output
+    else:
+        assert result.returncode == 0, output
+        assert "skipped:" in output, output
+
+
+def test_container_check_help_runs_without_root() -> None:
+    result = subprocess.run(
+        ["bash", str(CONTAINER_CHECK), "--help"], check=False, capture_output=True, text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--arch" in result.stdout and "--rebuild" in result.stdout
+
+
+def shell_function(script: Path, name: str) -> str:
+    match = re.search(rf"^{name}\(\) \{{.*?^\}}$", script.read_text(), re.MULTILINE | re.DOTALL)
+    assert match, f"no function {name} in {script}"
+    return match.group(0)
+
+
+def fake_elf(path: Path, machine: int) -> Path:
+    """Just an ELF header: install.sh reads e_machine (offset 18) and never runs the file."""
+    path.write_bytes(b"\x7fELF\x01\x01\x01" + bytes(11) + machine.to_bytes(2, "little") + bytes(32))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("python_machine", "systemd_machine", "allowed"),
+    [
+        (183, 183, None),  # Raspberry Pi OS 64-bit
+        (40, 40, None),  # the 32-bit Raspberry Pi OS, even on a 64-bit kernel
+        (62, 62, None),
+        (40, 183, "native arm"),  # python3:armhf under a 64-bit systemd
+        (3, 62, "native x86"),
+    ],
+)
+def test_install_sh_allows_pythons_abi_only_when_it_is_not_systemds(
+        tmp_path: Path, python_machine: int, systemd_machine: int, allowed: str | None) -> None:
+    """SystemCallArchitectures=native means systemd's own ABI: a Python of another one is killed
+    with SIGSYS (checked under systemd 252: an i386 Python under an amd64 systemd) unless a
+    drop-in allows its ABI too."""
+    dropin = tmp_path / "webscale.service.d" / "50-python-arch.conf"
+    program = "\n".join([
+        "set -Eeuo pipefail",
+        "log() { printf '%s\\n' \"$*\"; }",
+        "die() { printf 'error: %s\\n' \"$*\" >&2; exit 1; }",
+        shell_function(INSTALL, "elf_machine"),
+        shell_function(INSTALL, "check_userland"),
+        "check_userland",
+    ])
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHON": str(fake_elf(tmp_path / "python3", python_machine)),
+        "MANAGER_EXE": str(fake_elf(tmp_path / "systemd", systemd_machine)),
+        "ARCH_DROPIN": str(dropin),
+    }
+    result = subprocess.run(["bash", "-c", program], env=env, check=False, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    if allowed is None:
+        assert not dropin.exists()
+        assert result.stdout == ""
+    else:
+        assert setting(dropin, "Service", "SystemCallArchitectures") == [allowed]
+        assert "warning" in result.stdout

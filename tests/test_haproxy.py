@@ -12,7 +12,6 @@ import asyncio
 import csv
 import json
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -22,20 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, UNIT, ServerProcess, client_ssl_context, wait_for
+from helpers import ROOT, UNIT, ServerProcess, client_ssl_context, require_tool, wait_for
 from payloads import telemetry_json
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 from websockets.protocol import State
 
-# Debian installs it in /usr/sbin, which an unprivileged user's PATH often lacks.
-HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 SHIPPED_CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 BACKEND = "webscale"
 
-pytestmark = pytest.mark.skipif(
-    HAPROXY is None,
-    reason="haproxy is not on PATH or in /usr/sbin (Debian: apt-get install haproxy)")
+
+@pytest.fixture
+def haproxy_binary() -> str:
+    """haproxy's path; every test here needs it (skipped without it, failed in CI)."""
+    return require_tool("haproxy", "haproxy", extra_path="/usr/sbin:/usr/local/sbin")
 
 StartServer = Callable[..., ServerProcess]
 # The shipped config sends the PROXY protocol (send-proxy-v2); HAProxy reaches the test's
@@ -120,24 +119,24 @@ class Haproxy:
 
 
 @pytest.fixture
-def haproxy_factory(tmp_path: Path) -> Iterator[Callable[[list[ServerProcess]], Haproxy]]:
+def haproxy_factory(tmp_path: Path, haproxy_binary: str
+                    ) -> Iterator[Callable[[list[ServerProcess]], Haproxy]]:
     """Start `haproxy -db` with the rendered config; stopped by pid afterwards."""
     started: list[Haproxy] = []
 
     def start(backends: list[ServerProcess]) -> Haproxy:
-        assert HAPROXY is not None
         admin_socket = tmp_path / f"haproxy-{len(started)}.sock"
         cfg = tmp_path / f"haproxy-{len(started)}.cfg"
         port = free_port()
         cfg.write_text(render_test_config(
             SHIPPED_CONFIG.read_text(), bind_port=port, admin_socket=admin_socket,
             backends=[(s.host, s.port) for s in backends]))
-        check = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], check=False, capture_output=True,
-                               text=True, timeout=10 * UNIT)
+        check = subprocess.run([haproxy_binary, "-c", "-f", str(cfg)], check=False,
+                               capture_output=True, text=True, timeout=10 * UNIT)
         assert check.returncode == 0, check.stdout + check.stderr
         log_path = tmp_path / f"haproxy-{len(started)}.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=log,
+            proc = subprocess.Popen([haproxy_binary, "-db", "-f", str(cfg)], stdout=log,
                                     stderr=subprocess.STDOUT, cwd=str(tmp_path))
         haproxy = Haproxy(proc, port, admin_socket, log_path)
         started.append(haproxy)
@@ -161,9 +160,8 @@ def haproxy_factory(tmp_path: Path) -> Iterator[Callable[[list[ServerProcess]], 
         haproxy.stop()
 
 
-def test_shipped_config_is_valid() -> None:
-    assert HAPROXY is not None
-    result = subprocess.run([HAPROXY, "-c", "-f", str(SHIPPED_CONFIG)], check=False,
+def test_shipped_config_is_valid(haproxy_binary: str) -> None:
+    result = subprocess.run([haproxy_binary, "-c", "-f", str(SHIPPED_CONFIG)], check=False,
                             capture_output=True, text=True, timeout=10 * UNIT)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -1,26 +1,21 @@
 """deploy/prometheus/prometheus.yml is a valid Prometheus config aimed at the admin listener, and
 what that listener serves passes Prometheus' own linter, for one process and for --workers 2.
 
-`promtool` comes with Debian's `prometheus` package; the tests that need it are skipped, saying
-so, where it is not installed.
+`promtool` comes with Debian's `prometheus` package; the tests that need it skip, saying so,
+where it is not installed, and fail in CI (helpers.require_tool).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable
 
 import pytest
-from helpers import ROOT, UNIT, ServerProcess
+from helpers import ROOT, UNIT, ServerProcess, require_tool
 
 from webscale.config import DEFAULT_ADMIN
 
-PROMTOOL = shutil.which("promtool")
 CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not installed (Debian package: prometheus)")
 
 
 def test_the_scrape_job_targets_the_default_admin_address() -> None:
@@ -30,22 +25,20 @@ def test_the_scrape_job_targets_the_default_admin_address() -> None:
     assert ":8443" not in text  # never the public WebSocket port
 
 
-@needs_promtool
 def test_config_passes_promtool() -> None:
-    assert PROMTOOL is not None
-    result = subprocess.run([PROMTOOL, "check", "config", str(CONFIG)], capture_output=True,
+    promtool = require_tool("promtool", "prometheus")
+    result = subprocess.run([promtool, "check", "config", str(CONFIG)], capture_output=True,
                             text=True, timeout=30 * UNIT, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_metrics_pass_promtool(server_factory: Callable[..., ServerProcess],
                                workers: str) -> None:
-    assert PROMTOOL is not None
+    promtool = require_tool("promtool", "prometheus")
     server = server_factory("--workers", workers)
     status, body = server.admin_get("/metrics")
     assert status == 200
-    result = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True,
+    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
                             timeout=30 * UNIT, check=False)
     assert result.returncode == 0, (result.stdout + result.stderr).decode()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import require_tool
 from webscale.systemd import SystemdNotifier, listen_fds
 
 REPO = Path(__file__).resolve().parent.parent
@@ -253,17 +253,14 @@ def test_listen_fds_skips_a_descriptor_that_is_not_a_socket() -> None:
         os.close(write_end)
 
 
-@pytest.mark.skipif(
-    shutil.which("systemd-socket-activate") is None,
-    reason="systemd-socket-activate not installed (Debian package: systemd)",
-)
 def test_listen_fds_with_systemds_own_launcher(tmp_path: Path) -> None:
     """The real systemd tool sets LISTEN_* and fd 3 the way PID 1 does for webscale.socket."""
+    launcher = require_tool("systemd-socket-activate", "systemd")
     path = tmp_path / "activate.sock"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     child = subprocess.Popen(
         [
-            "systemd-socket-activate",
+            launcher,
             "--listen",
             str(path),
             "--fdname",

@@ -6,8 +6,9 @@
 #   sudo deploy/rpi/install.sh --cert fullchain.pem --key privkey.pem
 #   sudo deploy/rpi/install.sh --uninstall [--purge]
 #
-# Idempotent: run it again after `git pull` to upgrade; it keeps existing certificates and
-# /etc/webscale/webscale.env. See deploy/rpi/README.md.
+# Idempotent: run it again after `git pull` to upgrade, or with/without --socket to change mode;
+# it keeps existing certificates and /etc/webscale/webscale.env. The checkout may be read-only:
+# the build runs in a temporary copy. See deploy/rpi/README.md.
 set -Eeuo pipefail  # -E: the ERR trap below also fires inside functions
 
 PREFIX=/opt/webscale
@@ -17,6 +18,11 @@ CERT_DIR="$CONF_DIR/certs"
 UNIT_DIR=/etc/systemd/system
 SYSCTL_FILE=/etc/sysctl.d/90-webscale.conf
 SERVICE_USER=webscale
+# Written only when Python's ABI is not systemd's (check_userland); owned by install.sh.
+ARCH_DROPIN="$UNIT_DIR/webscale.service.d/50-python-arch.conf"
+# systemd's own binary, whose architecture is what SystemCallArchitectures=native means. Not
+# /proc/1/exe: under qemu-user that is the emulator (an x86-64 binary for an arm64 systemd).
+MANAGER_EXE="${MANAGER_EXE:-/lib/systemd/systemd}"
 # Debian's own Python: the unit's ProtectHome=yes hides a pyenv or conda Python under /root or
 # /home, and a venv only links to its base interpreter.
 PYTHON="${PYTHON:-/usr/bin/python3}"
@@ -39,6 +45,9 @@ log() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 # set -e exits silently; say which command failed.
 trap 'printf "install.sh: error: line %s: %s failed\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
+# The temporary copy of the checkout that pip builds from (stage_source).
+STAGE=""
+trap '[[ -z "$STAGE" ]] || rm -rf "$STAGE"' EXIT
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -65,20 +74,29 @@ uninstall_all() {
     # One at a time: systemctl gives up on the whole list when one unit file is missing.
     for unit in webscale.socket webscale.service; do
         systemctl disable --now "$unit" 2>/dev/null || true
+        # A unit that failed stays listed (and `systemctl status` shows it) until reset.
+        systemctl reset-failed "$unit" 2>/dev/null || true
     done
-    rm -f "$UNIT_DIR/webscale.service" "$UNIT_DIR/webscale.socket" "$SYSCTL_FILE"
-    systemctl daemon-reload
+    rm -f "$UNIT_DIR/webscale.service" "$UNIT_DIR/webscale.socket" "$SYSCTL_FILE" "$ARCH_DROPIN"
+    rmdir "$UNIT_DIR/webscale.service.d" 2>/dev/null || true
     rm -rf "$PREFIX"
     if [[ $purge -eq 1 ]]; then
-        log "purging $CONF_DIR, /var/lib/webscale and user $SERVICE_USER"
-        rm -rf "$CONF_DIR" /var/lib/webscale
+        log "purging $CONF_DIR, /var/lib/webscale, drop-ins (systemctl edit) and user $SERVICE_USER"
+        rm -rf "$CONF_DIR" /var/lib/webscale "$UNIT_DIR/webscale.service.d" \
+            "$UNIT_DIR/webscale.socket.d"
         if id "$SERVICE_USER" >/dev/null 2>&1; then
             userdel "$SERVICE_USER"
         fi
+        # userdel removes the group only when no other user has it as primary group.
+        if getent group "$SERVICE_USER" >/dev/null; then
+            groupdel "$SERVICE_USER"
+        fi
     else
-        log "kept $CONF_DIR (certificates, webscale.env) and user $SERVICE_USER; --purge removes them"
+        log "kept $CONF_DIR (certificates, webscale.env), drop-ins and user $SERVICE_USER;" \
+            "--purge removes them"
     fi
-    log "sysctl values stay in effect until reboot"
+    systemctl daemon-reload
+    log "sysctl values stay in effect until reboot; journal lines until journald rotates them"
 }
 
 ensure_python() {
@@ -103,6 +121,51 @@ ensure_user() {
     fi
 }
 
+elf_machine() {  # elf_machine FILE: the ELF e_machine number (3 x86, 40 arm, 62 x86-64, 183 arm64)
+    local machine
+    machine="$(od -An -t u2 -j18 -N2 "$1" 2>/dev/null)" || return 1
+    [[ -n "${machine// /}" ]] || return 1
+    printf '%s\n' "${machine// /}"
+}
+
+check_userland() {
+    # SystemCallArchitectures=native admits only the system call ABI that systemd itself was
+    # built for. A Python of another ABI, a 32-bit one under a 64-bit systemd (python3:armhf on
+    # the 64-bit OS, or a 32-bit Python under a 64-bit system), is killed with SIGSYS at its
+    # first system call. Allow that ABI as well, in a drop-in, and say so. The 32-bit Raspberry
+    # Pi OS needs nothing here even on a 64-bit kernel: its systemd is 32-bit too.
+    local python_machine manager_machine compat=""
+    python_machine="$(elf_machine "$(readlink -f "$PYTHON")")" || return 0
+    manager_machine="$(elf_machine "$MANAGER_EXE")" || return 0
+    if [[ "$python_machine" != "$manager_machine" ]]; then
+        case "$python_machine" in
+            3) compat=x86 ;;
+            40) compat=arm ;;
+            62) compat=x86-64 ;;
+            183) compat=arm64 ;;
+            *) die "$PYTHON is built for another architecture (ELF machine $python_machine) than systemd" ;;
+        esac
+    fi
+    if [[ -z "$compat" ]]; then
+        rm -f "$ARCH_DROPIN"
+        return 0
+    fi
+    log "warning: $PYTHON is built for $compat, systemd for another architecture; allowing the" \
+        "$compat system call ABI in $ARCH_DROPIN (SystemCallArchitectures=native alone kills it)"
+    install -d -m 0755 "$(dirname "$ARCH_DROPIN")"
+    printf '%s\n' "# Written by deploy/rpi/install.sh: Python's ABI is not systemd's." \
+        "[Service]" "SystemCallArchitectures=native $compat" > "$ARCH_DROPIN"
+    chmod 0644 "$ARCH_DROPIN"
+}
+
+stage_source() {
+    # pip builds in the source tree (setuptools writes webscale.egg-info and build/ there), so
+    # build from a temporary copy: the checkout may be read-only and stays untouched.
+    STAGE="$(mktemp -d /tmp/webscale-install.XXXXXX)"
+    tar -C "$REPO" --exclude=__pycache__ -cf - pyproject.toml README.md webscale bench_client \
+        scripts/gen_certs.py | tar -C "$STAGE" -xf -
+}
+
 install_venv() {
     if [[ -x "$VENV/bin/python" && "$(readlink -f "$VENV/bin/python")" != "$(readlink -f "$PYTHON")" ]]; then
         log "recreating $VENV: it was made with another Python"
@@ -113,9 +176,14 @@ install_venv() {
         "$PYTHON" -m venv "$VENV"
     fi
     log "installing webscale from $REPO"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    # pyproject.toml's build needs setuptools >= 68 (bookworm's venv has 66); without build
+    # isolation also its own bdist_wheel (70.1 and later; before, the separate `wheel`).
+    # Installed into the venv once and the build run without isolation, a re-run needs no
+    # index: everything it needs is in the venv already (unless a dependency changed).
+    "$VENV/bin/python" -m pip install --quiet "setuptools>=70.1"
     # Not editable: /opt/webscale must not depend on this checkout staying where it is.
-    "$VENV/bin/python" -m pip install --quiet --upgrade "$REPO"
+    # --upgrade reinstalls webscale itself; dependencies change only when they no longer fit.
+    "$VENV/bin/python" -m pip install --quiet --no-build-isolation --upgrade "$STAGE"
 }
 
 install_certs() {
@@ -137,7 +205,7 @@ install_certs() {
         for address in $(hostname -I 2>/dev/null || true); do
             sans+=(--san "$address")
         done
-        "$VENV/bin/python" "$REPO/scripts/gen_certs.py" --out "$CERT_DIR" "${sans[@]}"
+        "$VENV/bin/python" "$STAGE/scripts/gen_certs.py" --out "$CERT_DIR" "${sans[@]}"
     else
         log "keeping the certificates in $CERT_DIR"
     fi
@@ -160,8 +228,9 @@ install_env_file() {
         cat > "$CONF_DIR/webscale.env" <<'EOF'
 # Extra `webscale serve` flags for webscale.service; later flags override the unit's defaults.
 # Apply with: sudo systemctl restart webscale
-# Examples:
-#   WEBSCALE_OPTS=--workers 4 --threads 16 --port 443
+# Examples (deploy/rpi/container-check.sh starts the service with each one). --max-connections
+# is per worker: deploy/rpi/README.md ("Memory") has the figures for each Pi size.
+#   WEBSCALE_OPTS=--workers 4 --max-connections 2500 --threads 16
 #   WEBSCALE_OPTS=--ping-interval 20 --ping-timeout 20 --max-message-size 2097152
 #
 # Per-address limits (off by default; closed before TLS, counted in /stats by reason). Devices
@@ -174,6 +243,11 @@ install_env_file() {
 #   WEBSCALE_OPTS=--proxy-protocol-from 192.168.1.10/32 --max-connections-per-ip 8
 # The admin listener (/stats, /metrics) is on 127.0.0.1:8442; for a Prometheus elsewhere:
 #   WEBSCALE_OPTS=--admin 192.168.1.11:8442
+# Memory for buffered messages, all connections together; the default, a quarter of the RAM,
+# is what the unit's MemoryMax= arithmetic assumes (after the memory-budget change lands):
+#   WEBSCALE_OPTS=--max-buffered-bytes 268435456
+# --port 443 also needs the capability drop-in in deploy/rpi/README.md ("Port 443"); without it
+# the bind fails with "Permission denied". install.sh --socket is the other way.
 WEBSCALE_OPTS=
 EOF
         chmod 0644 "$CONF_DIR/webscale.env"
@@ -197,9 +271,14 @@ install_system_files() {
 
 start_service() {
     if [[ $use_socket -eq 1 ]]; then
+        # systemd refuses to start a socket unit while its service runs without it ("Socket
+        # service webscale.service already active, refusing"): stop the plain service first.
+        if ! systemctl is-active --quiet webscale.socket; then
+            systemctl stop webscale.service
+        fi
         systemctl enable --now webscale.socket
     fi
-    systemctl enable --now webscale.service
+    systemctl enable webscale.service
     # Re-runs must load the new code and units, and a running service only takes the socket
     # from webscale.socket when it is (re)started.
     systemctl restart webscale.service
@@ -212,7 +291,9 @@ if [[ $uninstall -eq 1 ]]; then
 fi
 
 ensure_python
+check_userland
 ensure_user
+stage_source
 install_venv
 install -d -m 0755 "$CONF_DIR"
 install_certs
