@@ -230,7 +230,7 @@ install_env_file() {
 # Apply with: sudo systemctl restart webscale
 # Examples (deploy/rpi/container-check.sh starts the service with each one). --max-connections
 # is per worker: deploy/rpi/README.md ("Memory") has the figures for each Pi size.
-#   WEBSCALE_OPTS=--workers 4 --max-connections 2500 --threads 16
+#   WEBSCALE_OPTS=--workers 2 --max-connections 5000 --threads 16
 #   WEBSCALE_OPTS=--ping-interval 20 --ping-timeout 20 --max-message-size 2097152
 #
 # Per-address limits (off by default; closed before TLS, counted in /stats by reason). Devices
@@ -241,8 +241,9 @@ install_env_file() {
 #   WEBSCALE_OPTS=--max-connections-per-ip 256 --max-handshakes-per-ip-per-s 50
 # Behind deploy/haproxy (send-proxy-v2), name the balancer so limits see the clients' addresses:
 #   WEBSCALE_OPTS=--proxy-protocol-from 192.168.1.10/32 --max-connections-per-ip 8
-# The admin listener (/stats, /metrics) is on 127.0.0.1:8442; for a Prometheus elsewhere:
-#   WEBSCALE_OPTS=--admin 192.168.1.11:8442
+# The admin listener (/stats, /metrics) is on 127.0.0.1:8442; for a Prometheus elsewhere, on
+# every address (or the Pi's LAN address), with a firewall rule (deploy/rpi/README.md, Metrics):
+#   WEBSCALE_OPTS=--admin 0.0.0.0:8442
 # Memory for buffered messages, all connections together; the default, a quarter of the RAM,
 # is what the unit's MemoryMax= arithmetic assumes (after the memory-budget change lands):
 #   WEBSCALE_OPTS=--max-buffered-bytes 268435456
