@@ -37,7 +37,7 @@ SCRAPE_LABELS = {"instance", "job"}
 BUILTINS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
             "and", "or", "unless", "inf", "nan"}
-RATE_FUNCTIONS = ("rate", "irate", "increase")
+RATE_FUNCTIONS = "rate|irate|increase"  # a regex alternation
 
 
 def load_builder() -> ModuleType:
@@ -88,7 +88,7 @@ def metric_names(expr: str) -> set[str]:
 
 def rated_names(expr: str) -> set[str]:
     """Metric names that are the argument of rate(), irate() or increase()."""
-    pattern = r"\b(?:%s)\(\s*([a-zA-Z_:][\w:]*)" % "|".join(RATE_FUNCTIONS)
+    pattern = rf"\b(?:{RATE_FUNCTIONS})\(\s*([a-zA-Z_:][\w:]*)"
     return set(re.findall(pattern, strip_promql(expr)))
 
 
@@ -96,8 +96,7 @@ def groupings(expr: str) -> list[tuple[set[str], str]]:
     """(labels, metric) for every `agg by (labels) (` directly over a selector or a rate."""
     expr = substituted(expr)
     out = []
-    pattern = (r"\bby\s*\(([\w,\s]*)\)\s*\(\s*(?:(?:%s)\(\s*)?([a-zA-Z_:][\w:]*)"
-               % "|".join(RATE_FUNCTIONS))
+    pattern = rf"\bby\s*\(([\w,\s]*)\)\s*\(\s*(?:(?:{RATE_FUNCTIONS})\(\s*)?([a-zA-Z_:][\w:]*)"
     for labels, name in re.findall(pattern, expr):
         out.append(({label.strip() for label in labels.split(",") if label.strip()}, name))
     return out
@@ -290,3 +289,16 @@ def test_every_queried_metric_is_served(server_factory: Callable[..., ServerProc
                 continue
             extra = labels - SCRAPE_LABELS - {"worker"} - samples[name]
             assert not extra, f"{name} has no label {sorted(extra)}: {expr}"
+
+
+def test_the_provisioning_example_matches_the_readme() -> None:
+    """The provider loads the directory the README installs the dashboard into, and the README
+    shows the provider file as it is (without its comments)."""
+    provider = (GRAFANA / "provisioning" / "dashboards" / "webscale.yaml").read_text()
+    readme = (GRAFANA / "README.md").read_text()
+    match = re.search(r"^\s+path: (\S+)$", provider, re.M)
+    assert match is not None
+    assert f"{match.group(1)}/webscale.json" in readme
+    bare = "\n".join(line for line in provider.splitlines()
+                     if not line.lstrip().startswith("#"))
+    assert f"```yaml\n{bare}\n```" in readme

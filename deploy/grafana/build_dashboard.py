@@ -318,7 +318,7 @@ def build() -> dict[str, Any]:
                       "pluginName": "Prometheus"}],
         "__elements": {},
         "__requires": [
-            {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "9.4.0"},
+            {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
             {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
             *({"type": "panel", "id": kind, "name": PANEL_TYPES[kind], "version": ""}
               for kind in kinds if kind != "row"),
@@ -336,7 +336,7 @@ def build() -> dict[str, Any]:
         "links": [],
         "panels": panels,
         "refresh": "30s",
-        "schemaVersion": 39,
+        "schemaVersion": 38,
         "tags": ["webscale", "websocket"],
         "templating": {"list": [
             {"name": "DS_PROMETHEUS", "label": "Data source", "type": "datasource",
