@@ -48,6 +48,7 @@ from bench_client.report import (
     write_json,
 )
 from bench_client.timeline import Timeline
+from bench_client.transport import source_binding_note
 from bench_client.worker import run_worker
 
 logger = logging.getLogger("bench_client")
@@ -294,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{', '.join(files)}: {exc}") from None
         if args.html:
             pyplot()  # a missing matplotlib fails now, not after the run
+        note = source_binding_note() if config.source_addrs else None
+        if note:
+            logger.warning("%s", note)
     except ConfigError as exc:
         print(f"bench_client: {exc}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from server_cost import stop, tree_cpu_seconds  # noqa: E402
+from server_cost import require_proc, stop, tree_cpu_seconds  # noqa: E402
 
 from webscale.certs import ensure_certs  # noqa: E402
 
@@ -125,6 +125,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="runs of each variant, alternating")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    require_proc("benchmarks/client_loop.py")
     certs = ensure_certs(ROOT / "certs").ca_cert.parent
     runs = []
     for _ in range(args.rounds):

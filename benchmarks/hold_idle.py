@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from server_cost import (  # noqa: E402
     read_bench_report,
+    require_proc,
     start_server,
     stop,
     tree_cpu_seconds,
@@ -73,6 +74,7 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("server_args", nargs="*", help="extra server flags (after --)")
     args = p.parse_args()
+    require_proc("benchmarks/hold_idle.py")
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

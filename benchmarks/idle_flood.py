@@ -31,7 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from server_cost import get_stats, start_server, stop, tree_cpu_seconds  # noqa: E402
+from server_cost import (  # noqa: E402
+    get_stats,
+    require_proc,
+    start_server,
+    stop,
+    tree_cpu_seconds,
+)
 from websockets.asyncio.client import connect  # noqa: E402
 
 from webscale.certs import ensure_certs  # noqa: E402
@@ -145,6 +151,7 @@ def main() -> int:
     p.add_argument("--refusals", type=int, default=2000)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    require_proc("benchmarks/idle_flood.py")
     certs = ensure_certs(ROOT / "certs")
     ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
     result = {"lockout": lockout(certs.ca_cert.parent, ctx, args.max_connections, args.idle,

@@ -42,7 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server_cost import SERVERS, machine_description, run_point
+from server_cost import SERVERS, machine_description, require_proc, run_point
 
 TITLES = {"webscale": "webscale", "twin": "asyncio twin (websockets)",
           "picows": "picows twin (picows + uvloop)"}
@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         results = json.loads(args.render.read_text())
     else:
+        require_proc("benchmarks/peer_table.py")
         command = "python benchmarks/peer_table.py " + shlex.join(
             sys.argv[1:] if argv is None else argv)
         results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -47,6 +47,15 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def require_proc(tool: str, proc: Path = Path("/proc")) -> None:
+    """These measurements read CPU times and memory from /proc, which only Linux has: anywhere
+    else stop at once with one line saying so (exit code 2), not a traceback mid-run."""
+    if not (proc / "self" / "stat").exists():
+        print(f"{tool}: measures the server from /proc, which {platform.system()} does not have "
+              "(Linux only)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def tree_pids(root: int) -> list[int]:
     pids = [root]
     for pid in pids:
@@ -376,6 +385,7 @@ def main() -> int:
     p.add_argument("--switch-interval", type=float, help="sys.setswitchinterval in the server")
     p.add_argument("server_args", nargs="*", help="extra server flags (after --)")
     args = p.parse_args()
+    require_proc("benchmarks/server_cost.py")
     result = run_point(args.server, args.clients, args.rate, args.size, args.window, args.settle,
                        args.ramp, args.ping_sample, args.server_args, args.switch_interval,
                        args.bench_procs, args.document)

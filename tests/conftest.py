@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -7,6 +8,34 @@ import pytest
 
 from helpers import ServerProcess, start_server
 from webscale.certs import ClientCertPaths, ensure_certs, issue_client_cert
+from webscale.errors import ConfigError
+from webscale.loop import POLLER_ENV, available_pollers, make_poller
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--poller", choices=available_pollers(), default=None,
+        help=f"run every server this session starts, and every in-process loop, with "
+             f"{POLLER_ENV}=KIND; 'poll' takes the generic selectors path that BSD and macOS "
+             f"take with kqueue (CI runs the server tests once more with it)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    kind = config.getoption("--poller")
+    if kind:
+        # Servers are started with a copy of this environment (helpers.start_server).
+        os.environ[POLLER_ENV] = kind
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    try:
+        poller = make_poller()
+    except ConfigError as exc:
+        return f"webscale poller: {exc}"
+    poller.close()
+    chosen = os.environ.get(POLLER_ENV)
+    return f"webscale poller: {poller.name}" + (f" ({POLLER_ENV}={chosen})" if chosen
+                                                else " (the default)")
 
 
 @pytest.fixture(scope="session")

@@ -176,7 +176,7 @@ def test_serve_from_python_with_an_authorize_hook(server_factory: StartServer,
         flags = dict(zip(sys.argv[1::2], sys.argv[2::2]))
         raise SystemExit(webscale.serve(on_message, authorize=check, host=flags["--host"],
                                         port=0, cert=Path(flags["--cert"]),
-                                        key=Path(flags["--key"])))
+                                        key=Path(flags["--key"]), admin=flags["--admin"]))
     '''))
     server = server_factory(command=[str(tmp_path / "run.py")])
     assert asyncio.run(exchange(server, "hello")) == ["device from 127.0.0.1: 'hello'"]

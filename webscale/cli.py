@@ -126,7 +126,7 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
 
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity, which systemd's CPUAffinity= and
-    containers narrow), else the machine's count."""
+    containers narrow), else the machine's count (macOS and BSD: no os.sched_getaffinity)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -48,11 +48,17 @@ def _targets(soft: int, hard: int) -> list[int]:
     return [value for value in candidates if value is not None and value > soft]
 
 
-def _linux_nr_open() -> int | None:
+NR_OPEN_PATH = "/proc/sys/fs/nr_open"
+
+
+def _linux_nr_open(path: str = NR_OPEN_PATH) -> int | None:
+    """Linux's cap on a soft limit; None without /proc (BSD, macOS): the fixed candidates in
+    `_targets` are tried instead, largest first."""
     try:
-        with open("/proc/sys/fs/nr_open", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             return int(f.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        logger.debug("cannot read %s (%s): trying fixed open-files limits", path, exc)
         return None
 
 

@@ -9,7 +9,9 @@ the callbacks queued with `call_soon` or from other threads, and the timers that
 The poller: on Linux `select.epoll` used directly (level-triggered): `selectors.EpollSelector`
 builds a SelectorKey lookup per event, a measurable cost at tens of thousands of events a second.
 Elsewhere `selectors.DefaultSelector` (kqueue on BSD/macOS). `WEBSCALE_POLLER=selectors` (or
-`poll`, `select`) picks the generic path on Linux too, so tests run it where kqueue is absent.
+`poll`, `select`) picks the generic path on Linux too, so tests run it where kqueue is absent
+(CI runs the server tests a second time with `scripts/test --poller poll`); a value this
+platform does not have stops the start with a ConfigError naming the variable.
 
 Timers come in two kinds. `call_later` keeps a heap, for deadlines that need precision (a linger,
 a close handshake). `call_coarse` drops the call into a bucket of a wheel of `COARSE_TICK` (100 ms)
@@ -39,6 +41,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -188,18 +192,34 @@ _SELECTORS: dict[str, str] = {"selectors": "DefaultSelector", "poll": "PollSelec
 POLLER_ENV = "WEBSCALE_POLLER"
 
 
+def available_pollers() -> list[str]:
+    """The WEBSCALE_POLLER values this platform has (epoll: Linux; kqueue: BSD and macOS)."""
+    return ((["epoll"] if hasattr(select, "epoll") else [])
+            + [kind for kind, name in _SELECTORS.items() if hasattr(selectors, name)])
+
+
 def make_poller(kind: str | None = None) -> _EpollPoller | _SelectorPoller:
-    """epoll where the kernel has it; `kind` (default $WEBSCALE_POLLER) picks a `selectors` one."""
+    """epoll where the kernel has it; `kind` (default $WEBSCALE_POLLER) picks a `selectors` one.
+
+    An unknown or unavailable kind is a ConfigError naming the variable and what this platform
+    has, so a typo stops the start with one line (exit code 2), not a traceback."""
+    from_env = kind is None and bool(os.environ.get(POLLER_ENV))
     kind = kind or os.environ.get(POLLER_ENV) or ("epoll" if hasattr(select, "epoll")
                                                   else "selectors")
-    if kind == "epoll" and hasattr(select, "epoll"):
-        return _EpollPoller()
-    name = _SELECTORS.get(kind)
-    selector_class = getattr(selectors, name, None) if name else None
-    if selector_class is None:
-        raise ValueError(f"{POLLER_ENV}={kind!r}: not available here (known: epoll, "
-                         f"{', '.join(_SELECTORS)})")
-    return _SelectorPoller(selector_class())
+    if kind not in available_pollers():
+        why = ("not available on this platform" if kind in ("epoll", *_SELECTORS)
+               else "not a poller")
+        raise ConfigError(f"{POLLER_ENV}={kind!r}: {why} (this platform has: "
+                          f"{', '.join(available_pollers())})")
+    poller: _EpollPoller | _SelectorPoller
+    if kind == "epoll":
+        poller = _EpollPoller()
+    else:
+        selector_class: type[selectors.BaseSelector] = getattr(selectors, _SELECTORS[kind])
+        poller = _SelectorPoller(selector_class())
+    if from_env:
+        logger.info("%s poller, as %s=%s asks", poller.name, POLLER_ENV, kind)
+    return poller
 
 
 class EventLoop:

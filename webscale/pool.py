@@ -15,12 +15,15 @@ they are created; CPython 3.11-3.13 name it `_work_queue`).
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class WakeOneQueue:
@@ -73,19 +76,26 @@ class WakeOneQueue:
         return len(self._items)
 
 
+def _batch_scheduling_available() -> bool:
+    return hasattr(os, "SCHED_BATCH") and hasattr(os, "sched_setscheduler")
+
+
 def _batch_scheduling() -> None:
     """Pool threads are batch work: on Linux, SCHED_BATCH keeps a woken pool thread from
-    preempting the loop thread that woke it (it would only block on the GIL the loop holds)."""
-    policy = getattr(os, "SCHED_BATCH", None)
-    if policy is not None:
+    preempting the loop thread that woke it (it would only block on the GIL the loop holds).
+    Elsewhere (no SCHED_BATCH) the threads keep the default policy."""
+    if _batch_scheduling_available():
         try:
-            os.sched_setscheduler(0, policy, os.sched_param(0))
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
         except OSError:
             pass
 
 
 class WorkerPool(ThreadPoolExecutor):
     def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
+        if not _batch_scheduling_available():
+            logger.debug("no SCHED_BATCH here (Linux-only): pool threads keep the default "
+                         "scheduling policy and may preempt the loop thread that wakes them")
         super().__init__(max_workers, thread_name_prefix=thread_name_prefix,
                          initializer=_batch_scheduling)
         if not hasattr(self, "_work_queue") or self._threads:

@@ -51,7 +51,8 @@ def _datagram_socket(path: Path) -> socket.socket:
         path.unlink()  # left by a previous incarnation of this worker
     except FileNotFoundError:
         pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    # Close-on-exec already (PEP 446); macOS has no SOCK_CLOEXEC to ask for.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         sock.bind(str(path))
         sock.setblocking(False)

@@ -162,12 +162,14 @@ class Supervisor:
                         len(activated), self.config.workers)
             self.shared = activated
             return
-        reuseport = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+        reuseport = kernel_balances_reuseport()
         sock = bind(self.config.host, self.config.port, self.config.backlog,
                     reuseport=reuseport, listen=not reuseport)
         if reuseport:
             self.reserved = sock
         else:
+            logger.info("SO_REUSEPORT balancing is Linux-only: the %d workers share one "
+                        "listening socket and each accepts from it", self.config.workers)
             self.shared = [sock]
 
     def urls(self) -> list[str]:
@@ -175,7 +177,8 @@ class Supervisor:
 
     def _make_slot(self, index: int) -> _WorkerSlot:
         path = str(self.runtime_dir / f"notify-{index}.sock")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        # Close-on-exec already (PEP 446); macOS has no SOCK_CLOEXEC to ask for.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(path)
         sock.setblocking(False)
         slot = _WorkerSlot(index, sock, path)
@@ -454,6 +457,12 @@ class Supervisor:
         self.loop.close()
         self.notifier.close()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def kernel_balances_reuseport() -> bool:
+    """Whether SO_REUSEPORT sockets on one port share its connections: Linux only (BSD and
+    macOS have the option, but there the last socket bound takes every connection)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
 def _describe_exit(code: int) -> str:

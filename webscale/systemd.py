@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Mapping, MutableMapping
@@ -30,14 +31,22 @@ logger = logging.getLogger(__name__)
 SD_LISTEN_FDS_START = 3
 
 
-def _notify_address(raw: str) -> str | None:
-    """Map ``$NOTIFY_SOCKET`` to a ``sendto`` address, or None if we cannot speak to it."""
-    if raw.startswith("@"):
-        # Abstract namespace (Linux): '@' is how systemd spells the leading NUL byte.
-        return "\0" + raw[1:]
-    if raw.startswith("/"):
+def _notify_address(raw: str, platform: str = sys.platform) -> str | None:
+    """Map ``$NOTIFY_SOCKET`` to a ``sendto`` address, or None, with a warning saying why, if
+    we cannot speak to it (the manager then waits for a READY=1 that never comes)."""
+    if not hasattr(socket, "AF_UNIX"):
+        why = "this platform has no AF_UNIX sockets"
+    elif raw.startswith("@"):
+        if platform.startswith("linux"):
+            # Abstract namespace: '@' is how systemd spells the leading NUL byte.
+            return "\0" + raw[1:]
+        why = "abstract socket names ('@...') exist only on Linux"
+    elif raw.startswith("/"):
         return raw
-    # systemd also knows "vsock:CID:PORT" (for VMs); a Pi service never gets one.
+    else:
+        # systemd also knows "vsock:CID:PORT" (for VMs); a Pi service never gets one.
+        why = "only a path or an '@' abstract name is supported"
+    logger.warning("NOTIFY_SOCKET=%r: %s; not notifying the service manager", raw, why)
     return None
 
 
@@ -54,8 +63,6 @@ class SystemdNotifier:
         env = os.environ if environ is None else environ
         raw = env.get("NOTIFY_SOCKET", "")
         self._address = _notify_address(raw) if raw else None
-        if raw and self._address is None:
-            logger.debug("ignoring unsupported NOTIFY_SOCKET %r", raw)
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._watchdog_usec = env.get("WATCHDOG_USEC", "")
@@ -142,8 +149,10 @@ class SystemdNotifier:
             with self._lock:
                 sock = self._sock
                 if sock is None:
-                    # CLOEXEC: a handler's subprocess must not inherit a channel to PID 1.
-                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                    # Close-on-exec, so a handler's subprocess does not inherit a channel to
+                    # PID 1: Python makes every socket so (PEP 446), where SOCK_CLOEXEC exists
+                    # (Linux, BSD) atomically; macOS has no SOCK_CLOEXEC to ask for.
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                     sock.setblocking(False)
                     self._sock = sock
         return sock
