@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-from webscale import ConnectionHandle
+from webscale import ConnectionHandle, SendTimeout
 from webscale.examples.telemetry import Telemetry
 
 _log_lock = threading.Lock()
@@ -44,6 +44,17 @@ def flood(handle: ConnectionHandle, message: object) -> None:
     chunk = b"x" * 65536
     for _ in range(1024):
         handle.send(chunk)
+
+
+def flood_timed(handle: ConnectionHandle, message: object) -> None:
+    """The same 64 MiB, sent with backpressure: waits while the client's queue is full, and
+    gives up on a client that takes nothing for a second (closing it with 4408)."""
+    chunk = b"x" * 65536
+    try:
+        for _ in range(1024):
+            handle.send(chunk, timeout=1.0)
+    except SendTimeout:
+        handle.close(4408, "you stopped reading")
 
 
 def crash(handle: ConnectionHandle, message: object) -> None:

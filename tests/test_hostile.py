@@ -638,33 +638,107 @@ def test_max_connections_answers_503_and_recovers(server_factory: StartServer) -
 
 
 # -- a client that never reads ------------------------------------------------------------------
-def test_client_that_never_reads_is_cut_at_the_outbound_limit(server_factory: StartServer) -> None:
-    server = server_factory("--decode", "none", "--handler", "server_handlers:flood", "--no-tls",
-                            "--outbound-limit-bytes", str(1 << 20))
-    warm = RawClient(server)
-    warm.upgrade()
-    warm.close()
-    wait_for(lambda: server.stats()["connections_open"] == 1)
-    baseline = rss_bytes(server)
+def _never_reading_client(server: ServerProcess) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read: TCP fills up
     sock.settimeout(5 * UNIT)
     sock.connect((server.host, server.port))
     sock.sendall(UPGRADE + client_frame(OP_TEXT, b"send me everything"))
+    return sock
+
+
+def test_a_flood_to_a_client_that_never_reads_is_cut_by_the_memory_budget(
+        server_factory: StartServer) -> None:
+    # The handler sends 64 MiB without waiting; past the 16 MiB budget the client is closed.
+    server = server_factory("--decode", "none", "--handler", "server_handlers:flood", "--no-tls",
+                            "--max-buffered-bytes", "16MiB")
+    warm = RawClient(server)
+    warm.upgrade()
+    warm.close()
+    wait_for(lambda: server.stats()["connections_open"] == 1)
+    baseline = rss_bytes(server)
+    sock = _never_reading_client(server)
     try:
         stats = wait_for(lambda: (s := server.stats())["closes_by_code"].get("1008") == 1 and s,
-                         units=10, what="the slow consumer to be closed")
-        # The handler sent 64 MiB; the server held at most the 1 MiB cap and socket buffers.
+                         units=10, what="the flooded client to be closed")
+        assert stats["memory_sheds"] == 1
         assert stats["bytes_out"] < 8 * 2**20
         peak = rss_bytes(server, "VmHWM")
-        assert peak - baseline < 24 * 2**20, f"RSS peaked {(peak - baseline) >> 20} MiB above"
-        # Our end sees the connection gone once it drains what the kernel had buffered.
-        sock.settimeout(5 * UNIT)
+        assert peak - baseline < (16 + 24) * 2**20, f"RSS peaked {(peak - baseline) >> 20} MiB"
+        assert wait_for(lambda: server.stats()["buffered_bytes"] == 0,
+                        what="everything it held given back")
         try:
             while sock.recv(65536):
                 pass
         except ConnectionResetError:
             pass
+    finally:
+        sock.close()
+    assert_quiet(server)
+
+
+def _frames_until_close(sock: socket.socket) -> list[tuple[int, bytes]]:
+    """Read the 101 and every frame up to the server's close frame."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    data = data.partition(b"\r\n\r\n")[2]
+    frames: list[tuple[int, bytes]] = []
+    while not frames or frames[-1][0] != OP_CLOSE:
+        frame = _parse_server_frame(data, False)
+        if frame is None:
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"end of stream after {len(frames)} frames, no close frame"
+            data += chunk
+            continue
+        opcode, _, payload, used = frame
+        frames.append((opcode, payload))
+        data = data[used:]
+    return frames
+
+
+def test_a_slow_reader_is_closed_with_a_close_frame(server_factory: StartServer) -> None:
+    # More than --outbound-limit-bytes queued and nothing taken for --slow-reader-timeout: 1008,
+    # the queued replies dropped but the one on its way, then the close frame.
+    server = server_factory("--decode", "none", "--handler", "server_handlers:flood", "--no-tls",
+                            "--slow-reader-timeout", str(UNIT))
+    sock = _never_reading_client(server)
+    try:
+        stats = wait_for(lambda: (s := server.stats())["closes_by_code"].get("1008") == 1 and s,
+                         units=5, what="the slow reader to be closed")
+        assert stats["memory_sheds"] == 0
+        assert wait_for(lambda: server.stats()["buffered_bytes"] < 2**20,
+                        what="the queued replies dropped")
+        frames = _frames_until_close(sock)  # reading at last
+        assert frames[-1] == (OP_CLOSE, close_payload(1008, b"slow reader"))
+        assert {opcode for opcode, _ in frames[:-1]} == {OP_BINARY}
+        assert sum(len(payload) for _, payload in frames) < 16 * 2**20
+        sock.sendall(client_frame(OP_CLOSE, close_payload(1008)))
+        assert sock.recv(65536) == b""  # the server closes once we answered
+    finally:
+        sock.close()
+    assert_quiet(server)
+
+
+def test_a_handler_sending_with_a_timeout_waits_at_the_high_water_mark(
+        server_factory: StartServer) -> None:
+    server = server_factory("--decode", "none", "--handler", "server_handlers:flood_timed",
+                            "--no-tls")
+    sock = _never_reading_client(server)
+    try:
+        wait_for(lambda: server.stats()["messages_received"] == 1)
+        peak = 0
+        end = deadline(0.8)  # the handler's timeout is one second
+        while time.monotonic() < end:
+            peak = max(peak, server.stats()["buffered_bytes"])
+            time.sleep(0.02)
+        # The default --outbound-limit-bytes (1 MiB), plus one reply (64 KiB and its header).
+        assert 0 < peak <= 2**20 + 65536 + 14, peak
+        stats = wait_for(lambda: (s := server.stats())["handler_errors"] == 0
+                         and s["messages_handled"] == 1 and s, what="the handler to give up")
+        assert stats["closes_by_code"] == {}  # the server closed nobody
+        frames = _frames_until_close(sock)
+        assert frames[-1] == (OP_CLOSE, close_payload(4408, b"you stopped reading"))
     finally:
         sock.close()
     assert_quiet(server)

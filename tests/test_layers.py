@@ -25,8 +25,9 @@ LAYERS: list[set[str]] = [
     {"connection"},
     {"protocol", "dispatch"},
     {"handle", "unit_cap", "pool", "decoder", "deflate", "fastmask", "metrics", "stats", "states",
-     "loading"},
-    {"examples.telemetry", "shapes", "loop", "tls", "config", "systemd", "limits", "certs"},
+     "loading", "budget"},
+    {"examples.telemetry", "shapes", "loop", "tls", "config", "systemd", "limits", "certs",
+     "rejections"},
     {"http", "errors"},
 ]
 # The package's __init__ re-exports the public API (it sits on top); examples other than the

@@ -15,6 +15,7 @@ import pytest
 
 from webscale.http import Response
 from webscale.protocol import (
+    FRAGMENT_OVERHEAD,
     Closed,
     Event,
     HandshakeFailed,
@@ -153,24 +154,41 @@ def test_peer_close_is_echoed_and_closes(split: bool) -> None:
 
 
 @both
-def test_message_over_limit_closes_1009(split: bool) -> None:
+def test_message_over_limit_fails_1009(split: bool) -> None:
     proto = opened(ProtocolLimits(max_message_size=10))
-    assert feed(proto, masked_frame(0x1, b"x" * 11), split) == []
+    assert feed(proto, masked_frame(0x1, b"x" * 11), split) == [
+        Closed(1009, "message too big", False)]
+    assert proto.phase is Phase.FAILING  # replies to earlier messages go first
+    assert proto.data_to_send() == b""
+    proto.fail_now()
     assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1009) + b"message too big")
-    assert proto.phase is Phase.CLOSING
     assert proto.local_close_code == 1009
-    # The peer's close reply completes the handshake.
-    assert proto.receive_data(masked_frame(0x8, struct.pack("!H", 1009))) == [
-        Closed(1009, "", False)]
-    assert proto.transport_should_close
+    assert proto.transport_should_close  # failed: no waiting for the peer's reply
 
 
 @both
-def test_fragments_over_limit_close_1009(split: bool) -> None:
+def test_message_at_the_limit_is_accepted(split: bool) -> None:
     proto = opened(ProtocolLimits(max_message_size=10))
-    data = masked_frame(0x1, b"x" * 6, fin=False) + masked_frame(0x0, b"y" * 6)
-    assert feed(proto, data, split) == []
+    assert feed(proto, masked_frame(0x1, b"x" * 10), split) == [MessageReceived("x" * 10)]
+
+
+@both
+def test_fragments_over_limit_fail_1009(split: bool) -> None:
+    proto = opened(ProtocolLimits(max_message_size=200))
+    data = masked_frame(0x1, b"x" * 150, fin=False) + masked_frame(0x0, b"y" * 51)
+    assert feed(proto, data, split) == [Closed(1009, "message too big", False)]
     assert proto.local_close_code == 1009
+
+
+@both
+def test_each_frame_before_the_last_costs_the_fragment_overhead(split: bool) -> None:
+    # 120 bytes of payload in two frames: 120 + 64 fits 184, not 183.
+    data = masked_frame(0x1, b"x" * 60, fin=False) + masked_frame(0x0, b"y" * 60)
+    assert feed(opened(ProtocolLimits(max_message_size=184)), data, split) == [
+        MessageReceived("x" * 60 + "y" * 60)]
+    assert feed(opened(ProtocolLimits(max_message_size=183)), data, split) == [
+        Closed(1009, "message too big", False)]
+    assert FRAGMENT_OVERHEAD == 64
 
 
 def test_invalid_utf8_closes_1007() -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from .api import serve
 from .config import Config
-from .errors import ConfigError, DecodeError, WebscaleError
+from .errors import ConfigError, DecodeError, SendTimeout, WebscaleError
 from .handle import ConnectionHandle
 from .http import Headers, PeerCertificate, Request, Response
 
 __all__ = ["Config", "ConfigError", "ConnectionHandle", "DecodeError", "Headers",
-           "PeerCertificate", "Request", "Response", "WebscaleError", "serve"]
+           "PeerCertificate", "Request", "Response", "SendTimeout", "WebscaleError", "serve"]

@@ -5,7 +5,8 @@
     ├── StateError                  an impossible connection-state transition (a bug, never input)
     ├── ProtocolError               the peer broke a protocol rule; carries the close code to send
     │   └── MessageTooBig           a message exceeded --max-message-size (close 1009)
-    └── DecodeError                 a message is not valid JSON or not the payload's shape
+    ├── DecodeError                 a message is not valid JSON or not the payload's shape
+    └── SendTimeout                 handle.send(data, timeout) found the client's queue full
 
 Protocol errors become close codes at the connection boundary; DecodeError is counted and
 reported, never fatal to the process.
@@ -43,3 +44,8 @@ class MessageTooBig(ProtocolError):
 
 class DecodeError(WebscaleError):
     """A message could not be decoded into the payload struct."""
+
+
+class SendTimeout(WebscaleError):
+    """`handle.send(data, timeout=...)`: the client's outbound queue stayed over its high-water
+    mark for `timeout` seconds; the message was not sent."""

@@ -7,9 +7,19 @@ a plain request with `respond()` (then the connection closes), an upgrade with `
 or `respond()` (a refusal). Until then the protocol waits in AWAITING_RESPONSE / UPGRADE_PENDING;
 bytes that came after the head are kept and fed in after the accept. A WebSocket upgrade is
 checked by a `wsproto.WSConnection` before it surfaces (a bad key or version is a 400 at once), and
-after the accept only its frame-level connection is kept. In OPEN, wsproto's events become ours:
-pings are answered here (wsproto does not), fragments are reassembled under `max_message_size`
-(wsproto has no limit; too big closes with 1009, RFC 6455 §7.4.1), and the close handshake is
+after the accept only its frame-level connection is kept. The upgrade is parsed strictly (RFC
+6455 §4.2.1, RFC 9112): HTTP/1.1 GET, an origin-form target, no body, a key of 16 base64 bytes,
+and in any request head no obs-fold and no bare LF; anything else is a 400.
+
+In OPEN, wsproto's events become ours: pings are answered here (wsproto does not), and fragments
+are reassembled under `max_message_size`, counted in bytes as they came on the wire (text is
+measured encoded; with permessage-deflate, inflated bytes, bounded in deflate.py before they are
+made) plus `FRAGMENT_OVERHEAD` for every frame before a message's last, zero-length ones
+included: each costs parsing whatever it holds, so a message of 1-byte fragments reaches the cap
+after 16,000 frames, and one of empty fragments does too, instead of never. The pieces are kept
+in one buffer, so a frame that arrives a byte per read costs no more memory than its bytes. Too
+big fails the connection with 1009 (RFC 6455 §7.4.1) and nothing more is parsed. What a partial
+message holds is charged to the server's memory budget (budget.py). The close handshake is
 completed with the right code. A protocol violation parks the connection in FAILING until the
 pool has answered what came before it (`fail_now()` then sends the close frame).
 
@@ -21,6 +31,8 @@ feeds it, sends what `data_to_send()` returns, and drops the transport once
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import logging
 from dataclasses import dataclass
@@ -42,6 +54,7 @@ from wsproto.events import (
 from wsproto.extensions import Extension
 from wsproto.utilities import RemoteProtocolError
 
+from .budget import MemoryBudget
 from .deflate import NegotiatedDeflate
 from .http import REASONS, Headers, Response
 from .states import check_move
@@ -119,7 +132,13 @@ class HandshakeFailed:
 Event = RequestReceived | MessageReceived | PongReceived | Closed | HandshakeFailed
 
 # What the peer reads in our close frame when it broke the protocol (RFC 6455 §7.4.1).
-_CLOSE_REASONS = {1002: "protocol error", 1007: "invalid message data", 1009: "message too big"}
+_CLOSE_REASONS = {1002: "protocol error", 1007: "invalid message data", 1008: "memory budget",
+                  1009: "message too big"}
+
+# Charged against --max-message-size for every frame before a message's last: a frame costs
+# parsing (wsproto, ~15 us) whatever it carries, so empty and tiny fragments reach the cap too.
+# A message in one frame is charged nothing, however many reads it arrives in.
+FRAGMENT_OVERHEAD = 64
 
 
 def _is_upgrade(request: h11.Request) -> bool:
@@ -129,14 +148,52 @@ def _is_upgrade(request: h11.Request) -> bool:
     return False
 
 
-class ServerProtocol:
-    __slots__ = ("limits", "phase", "_head", "_h11", "_handshake", "_ws", "_out", "_parts",
-                 "_part_bytes", "_discarding", "_close_code", "_pending_input", "conn_id",
-                 "extensions")
+def _malformed_head(raw: bytes) -> str | None:
+    """RFC 9112 §2.2 and §5.2, which h11 accepts: a bare LF line ending, or obs-fold."""
+    if raw.count(b"\n") != raw.count(b"\r\n"):
+        return "bare LF in the request head"
+    if b"\r\n " in raw or b"\r\n\t" in raw:
+        return "obs-fold in the request head"
+    return None
 
-    def __init__(self, limits: ProtocolLimits, conn_id: int = 0) -> None:
+
+def _improper_upgrade(request: h11.Request) -> str | None:
+    """What RFC 6455 §4.2.1 and RFC 9112 forbid in an upgrade and wsproto lets through."""
+    if request.http_version != b"1.1":
+        return f"WebSocket upgrade over HTTP/{request.http_version.decode()}"
+    if not request.target.startswith(b"/"):
+        return "WebSocket upgrade to a target that is not origin-form"  # RFC 9112 §3.2.1
+    keys = []
+    for name, value in request.headers:
+        if name == b"transfer-encoding":
+            return "WebSocket upgrade with a body (Transfer-Encoding)"
+        if name == b"content-length" and value.strip() != b"0":
+            return "WebSocket upgrade with a body (Content-Length)"
+        if name == b"sec-websocket-key":
+            keys.append(value)
+    if len(keys) > 1:
+        return "more than one Sec-WebSocket-Key"
+    if keys:  # a missing key is wsproto's to report
+        try:
+            key = base64.b64decode(keys[0], validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 16:
+            return "Sec-WebSocket-Key is not 16 base64-encoded bytes"
+    return None
+
+
+class ServerProtocol:
+    __slots__ = ("limits", "phase", "_head", "_h11", "_handshake", "_ws", "_out", "_partial",
+                 "_part_bytes", "_discarding", "_close_code", "_pending_input", "conn_id",
+                 "extensions", "_budget", "_deflate", "_partial_text")
+
+    def __init__(self, limits: ProtocolLimits, conn_id: int = 0,
+                 budget: MemoryBudget | None = None) -> None:
         self.limits = limits
         self.conn_id = conn_id
+        self._budget = budget if budget is not None else MemoryBudget.unlimited()
+        self._deflate: NegotiatedDeflate | None = None
         self.phase = Phase.REQUEST_HEAD
         self._head = bytearray()
         self._h11: h11.Connection | None = h11.Connection(
@@ -144,9 +201,12 @@ class ServerProtocol:
         self._handshake: WSConnection | None = None  # only while an upgrade is pending
         self._ws: WsFrameConnection | None = None
         self._out: list[bytes] = []
-        self._parts: list[str | bytes] = []
-        self._part_bytes = 0
-        self._discarding = False
+        # The message being reassembled, as its bytes on the wire (text encoded again): one
+        # buffer, so that a piece costs no Python object however small it is.
+        self._partial: bytearray | None = None
+        self._partial_text = False
+        self._part_bytes = 0  # as charged: its bytes + FRAGMENT_OVERHEAD a frame before its last
+        self._discarding = False  # a message was refused: nothing more is collected
         self._close_code = 0
         self._pending_input = b""  # bytes after the head, fed in once the upgrade is accepted
         self.extensions: tuple[str, ...] = ()  # negotiated, for the connection's debug log
@@ -154,6 +214,14 @@ class ServerProtocol:
     # -- state ----------------------------------------------------------------------------
     def _move(self, to: Phase, why: str) -> None:
         self.phase = check_move(_ALLOWED, self.phase, to, why, self.conn_id, logger)
+        if to is Phase.FAILING or to is Phase.CLOSED:
+            self.drop_partial()
+        if to is not Phase.OPEN and self._deflate is not None:
+            # Closing or failing: inflate nothing more (a bomb sent after our close frame
+            # would otherwise still cost loop CPU), and so take no more messages.
+            self._deflate.stop()
+            self._discarding = True
+            self.drop_partial()
 
     @property
     def transport_should_close(self) -> bool:
@@ -181,6 +249,18 @@ class ServerProtocol:
     @property
     def has_output(self) -> bool:
         return bool(self._out)
+
+    @property
+    def partial_bytes(self) -> int:
+        """What the message being reassembled holds, as charged to the memory budget."""
+        return self._part_bytes
+
+    def drop_partial(self) -> None:
+        """Forget the message being reassembled and give its bytes back to the budget."""
+        if self._partial is not None:
+            self._budget.used -= self._part_bytes
+            self._part_bytes = 0
+            self._partial = None
 
     # -- input ----------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[Event]:
@@ -225,6 +305,11 @@ class ServerProtocol:
         trailing = bytes(self._h11.trailing_data[0])
         if len(self._head) - len(trailing) > self.limits.max_header_bytes:
             return [self._refuse(431, f"request head over {self.limits.max_header_bytes} bytes")]
+        problem = _malformed_head(bytes(self._head[:len(self._head) - len(trailing)]))
+        if problem is None and _is_upgrade(event):
+            problem = _improper_upgrade(event)
+        if problem is not None:
+            return [self._refuse(400, problem)]
         received = RequestReceived(event.method.decode("latin-1"),
                                    event.target.decode("latin-1"),
                                    Headers.from_raw(list(event.headers)), _is_upgrade(event))
@@ -263,7 +348,8 @@ class ServerProtocol:
         if self.limits.compression:
             extensions.append(NegotiatedDeflate(
                 client_max_window_bits=self.limits.deflate_window_bits,
-                server_max_window_bits=self.limits.deflate_window_bits))
+                server_max_window_bits=self.limits.deflate_window_bits,
+                max_message_size=self.limits.max_message_size))
         try:
             accept = ws.send(AcceptConnection(extensions=extensions))
         except ValueError as exc:  # a deflate offer such as client_max_window_bits=abc
@@ -275,6 +361,9 @@ class ServerProtocol:
         self._ws = ws.connection
         self._handshake = None
         self.extensions = tuple(type(ext).__name__ for ext in extensions if ext.enabled())
+        for ext in extensions:
+            if isinstance(ext, NegotiatedDeflate) and ext.enabled():
+                self._deflate = ext
         self._move(Phase.OPEN, "upgrade accepted")
         pending, self._pending_input = self._pending_input, b""
         if not pending:
@@ -309,6 +398,11 @@ class ServerProtocol:
                 message = self._collect(event)  # type: ignore[arg-type]
                 if message is not None:
                     out.append(message)
+                elif self._discarding and self.phase is Phase.FAILING:
+                    # Refused as too big: parse nothing more (zero-length fragments cost CPU
+                    # however little they hold), fail with 1009 once earlier replies are out.
+                    out.append(Closed(1009, "message too big", False))
+                    break
             elif kind is Ping:
                 if ws.state is WsState.OPEN:
                     self._out.append(ws.send(cast(Ping, event).response()))
@@ -324,26 +418,60 @@ class ServerProtocol:
             return None
         # wsproto hands bytes (not bytearray) for binary frames; say so for the type checker.
         data = cast(str | bytes, event.data)
-        size = len(data) + self._part_bytes
-        if size > self.limits.max_message_size:
-            self._discarding = True
-            self._parts.clear()
-            self._part_bytes = 0
-            self.close(1009, "message too big")
-            return None
-        if event.message_finished:
-            if self._parts:
-                self._parts.append(data)
-                joined: str | bytes = ("".join(cast(list[str], self._parts))
-                                       if isinstance(data, str)
-                                       else b"".join(cast(list[bytes], self._parts)))
-                self._parts.clear()
-                self._part_bytes = 0
-                return MessageReceived(joined)
+        size = len(data)
+        if data.__class__ is str and not data.isascii():  # text: count it encoded, as sent
+            size = len(data.encode())
+        if self._partial is None and event.message_finished:  # the usual: one piece
+            if size > self.limits.max_message_size:
+                self._too_big()
+                return None
             return MessageReceived(data)
-        self._parts.append(data)
-        self._part_bytes = size
+        return self._collect_piece(data, size, event)
+
+    def _collect_piece(self, data: str | bytes, size: int,
+                       event: TextMessage | BytesMessage) -> MessageReceived | None:
+        """One piece of a message that came in several: frames, or reads of one frame."""
+        held = self._part_bytes
+        total = held + size
+        if event.frame_finished and not event.message_finished:
+            total += FRAGMENT_OVERHEAD
+        if total > self.limits.max_message_size:
+            self._too_big()
+            return None
+        partial = self._partial
+        if partial is None:
+            partial = self._partial = bytearray()
+            self._partial_text = isinstance(data, str)
+        if size:
+            partial += data.encode() if isinstance(data, str) else data
+        if event.message_finished:
+            self._partial = None
+            self._part_bytes = 0
+            self._budget.used -= held
+            return MessageReceived(partial.decode() if self._partial_text else bytes(partial))
+        self._part_bytes = total
+        budget = self._budget
+        budget.used += total - held
+        if budget.used > budget.limit and not budget.over:
+            budget.went_over()
         return None
+
+    def _too_big(self) -> None:
+        """Refuse the message: fail with 1009 (close() when already closing)."""
+        self.drop_partial()
+        if self.phase is Phase.OPEN:
+            self._close_code = 1009
+            self._move(Phase.FAILING, "message too big")
+        self._discarding = True
+
+    def fail(self, code: int) -> None:
+        """Fail the connection with `code` (the memory budget's 1008/1009): nothing more is
+        parsed, what it held is dropped, and the close frame goes out with fail_now()."""
+        self.drop_partial()
+        self._discarding = True
+        if self.phase is Phase.OPEN:
+            self._close_code = code
+            self._move(Phase.FAILING, f"failed with {code}")
 
     def _on_close(self, event: CloseConnection) -> Closed:
         ws = self._ws

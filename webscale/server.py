@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from . import fastmask, limits, routes, tls
 from .app import App, resolve
+from .budget import MemoryBudget, MemoryGuard, default_max_buffered_bytes
 from .config import Config
 from .connection import Connection, ConnectionSettings
 from .dispatch import Decoder, Dispatcher, Handler
@@ -41,6 +42,7 @@ from .loop import EVENT_READ, EventLoop
 from .metrics import render_prometheus
 from .process import Notifier, ProcessScaffold, bind, urls
 from .protocol import ProtocolLimits, ServerProtocol
+from .rejections import log_rejection, peer
 from .stats import Stats
 from .systemd import SystemdNotifier, listen_fds
 
@@ -105,13 +107,21 @@ class Server:
             ping_timeout=config.ping_timeout, idle_timeout=config.idle_timeout,
             close_timeout=config.close_timeout,
             outbound_limit_bytes=config.outbound_limit_bytes,
+            slow_reader_timeout=config.slow_reader_timeout,
             read_chunk_bytes=config.read_chunk_bytes)
         self.ssl_context = self._make_ssl_context() if config.tls else None
+        # One budget per process: --max-buffered-bytes is shared out between the workers.
+        self.budget = MemoryBudget(max(1, (config.max_buffered_bytes
+                                           or default_max_buffered_bytes()) // config.workers))
         self.dispatcher = Dispatcher(
             self.loop, self.stats, handler, decode, threads=config.threads,
             close_on_invalid=config.invalid_json == "close",
             max_in_flight_per_connection=config.max_in_flight_per_connection,
-            max_in_flight_total=config.max_in_flight_total, batch_linger=config.batch_linger)
+            max_in_flight_total=config.max_in_flight_total,
+            max_in_flight_bytes_per_connection=config.max_in_flight_bytes_per_connection,
+            batch_linger=config.batch_linger, budget=self.budget)
+        self.memory_guard = MemoryGuard(self.budget, self.loop, self._memory_holders,
+                                        self._shed, on_recovered=[self.dispatcher.resume_held])
         self.max_connections = config.max_connections or _default_max_connections()
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
@@ -145,9 +155,9 @@ class Server:
             listener = _Listener(self, sock)
             self.loop.register(sock, EVENT_READ, listener)
             self._listeners.append(listener)
-        logger.info("serving %s: max %d connections, %d pool threads, %s poller",
-                    ", ".join(self.urls()), self.max_connections, self.config.threads,
-                    self.loop.poller_name)
+        logger.info("serving %s: max %d connections, %d pool threads, %s poller, %d MiB "
+                    "memory budget", ", ".join(self.urls()), self.max_connections,
+                    self.config.threads, self.loop.poller_name, self.budget.limit >> 20)
         self.notifier.ready(self.status_text())
         self.scaffold.start_reporting()
         self.scaffold.healthy = self._still_supervised
@@ -208,8 +218,9 @@ class Server:
             sock.close()
             return
         conn_id = next(self._ids)
-        conn = Connection(self.loop, wrapped, ServerProtocol(self.protocol_limits, conn_id),
-                          self.settings, self, self.stats, address)
+        conn = Connection(self.loop, wrapped,
+                          ServerProtocol(self.protocol_limits, conn_id, self.budget),
+                          self.settings, self, self.stats, address, self.budget)
         self.connections[conn_id] = conn
         self.stats.connections_open = len(self.connections)
         self.stats.connections_total += 1
@@ -242,9 +253,14 @@ class Server:
         if websockets > self.max_connections or self._draining:
             # Over the limit only upgrades are refused: /healthz and /stats stay answerable.
             self.stats.connections_rejected += 1
+            if not self._draining:
+                log_rejection(logger, "conn %d: refused an upgrade from %s with 503: %d "
+                              "connections open (--max-connections %d)", conn.conn_id,
+                              peer(conn.address), websockets, self.max_connections)
             conn.respond(Response.text(503))
             return
-        handle = ConnectionHandle(self.loop, conn, conn.conn_id, conn.address, conn.peer_cert)
+        handle = ConnectionHandle(self.loop, conn, conn.conn_id, conn.address, conn.peer_cert,
+                                  high_water=self.settings.outbound_limit_bytes)
         self.dispatcher.open(conn, handle)
         conn.accept_upgrade()
 
@@ -256,12 +272,24 @@ class Server:
         self.stats.connections_open = len(self.connections)
         self.dispatcher.close(conn)
 
+    # -- the memory budget's guard ----------------------------------------------------------
+    def _memory_holders(self) -> list[tuple[Connection, int, int]]:
+        queued = self.dispatcher.queued_bytes
+        return [(conn, conn.proto.partial_bytes, conn.out_accounted + queued(conn))
+                for conn in self.connections.values()]
+
+    def _shed(self, conn: Connection, code: int) -> None:
+        self.dispatcher.discard(conn)
+        conn.shed(code)
+
     # -- routes.StatusView ------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
         snap["websockets_open"] = sum(1 for c in self.connections.values() if c.is_websocket)
         snap["uptime_seconds"] = time.time() - self.stats.started_at
         snap["max_connections"] = self.max_connections
+        snap["buffered_bytes"] = self.budget.used
+        snap["max_buffered_bytes"] = self.budget.limit
         snap["pid"] = os.getpid()
         snap["worker"] = self.worker_id
         return snap
@@ -366,6 +394,7 @@ class Server:
                     pass
                 listener.sock.close()
         graceful = self.exit_code == 0 and self.dispatcher.idle
+        self.memory_guard.cancel()
         self.dispatcher.shutdown(wait=graceful)
         self.loop.close()
 
