@@ -398,3 +398,15 @@ def test_shed_drops_what_the_connection_holds_and_fails_it(make: Callable[..., H
     assert read_frame(h) == (0x8, struct.pack("!H", 1009) + b"message too big")
     h.run_until(lambda: h.owner.closed)  # failed: closed without waiting for a reply
     assert h.stats.closes_by_code[1009] == 1
+
+
+def test_a_read_of_many_frames_is_parsed_over_several_turns(make: Callable[..., Harness]) -> None:
+    h = opened(make)
+    h.client.sendall(masked(0x1, b"t") * 1000)
+    turns = 0
+    while len(h.owner.messages) < 1000 and turns < 200:
+        h.loop.run_once(max_wait=0.01)
+        turns += 1
+    assert h.owner.messages == ["t"] * 1000
+    assert turns >= 1000 // 256  # never more than EVENTS_PER_CALL frames in one go
+    assert h.conn.reading_paused == 0 and h.stats.paused_connections == 0

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"connection"},
     {"protocol", "dispatch"},
     {"handle", "unit_cap", "pool", "decoder", "deflate", "fastmask", "metrics", "stats", "states",
-     "loading", "budget"},
+     "loading", "budget", "upgrade"},
     {"examples.telemetry", "shapes", "loop", "tls", "config", "systemd", "limits", "certs",
      "rejections"},
     {"http", "errors"},

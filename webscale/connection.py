@@ -45,6 +45,7 @@ from .budget import MemoryBudget
 from .http import PeerCertificate, Request, Response
 from .loop import EVENT_READ, EVENT_WRITE, EventLoop, Timer
 from .protocol import (
+    BacklogPending,
     Closed,
     Event,
     HandshakeFailed,
@@ -115,6 +116,7 @@ _READS_PER_EVENT = 8
 # Why reading is paused (`reading_paused` is a set of these bits; truthy while any is set).
 _PAUSED_BY_DISPATCHER = 1  # its mailbox is full (dispatch.py)
 _HELD_BY_BUDGET = 2        # it holds a partial message while the memory budget is over
+_PARSING_BACKLOG = 4       # frames wait in the protocol's buffer (protocol.EVENTS_PER_CALL)
 
 # Close codes of a peer's fault (RFC 6455 §7.4.1), logged as rejections when we fail with them.
 _FAILURES = frozenset({1002, 1003, 1007, 1009})
@@ -304,6 +306,12 @@ class Connection:
                 log_rejection(logger, "conn %d: refused a request from %s with %d: %s",
                               self.conn_id, peer(self.address),
                               event.status, event.reason)  # type: ignore[union-attr]
+            elif kind is BacklogPending:
+                # Many tiny frames in one read: read nothing more, parse the rest on the next
+                # turn of the loop, so that other clients are served in between.
+                if not self.reading_paused & _PARSING_BACKLOG:
+                    self._set_paused(self.reading_paused | _PARSING_BACKLOG)
+                    self.loop.call_soon(self._parse_backlog)
         phase = self.proto.phase
         if phase is Phase.CLOSING:
             self._arm_close_timer()
@@ -325,6 +333,23 @@ class Connection:
         self.upgrade_pending = True
         self._update_interest()
         self.owner.upgrade_requested(self, request)
+
+    def _parse_backlog(self) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.proto.parse_backlog()
+            if events:
+                self._on_events(events)
+            if self.proto.backlog and not self.closed:
+                self.loop.call_soon(self._parse_backlog)
+            else:
+                self._set_paused(self.reading_paused & ~_PARSING_BACKLOG)
+            if not self.closed and (self.out or self.proto.has_output
+                                    or self.proto.phase is Phase.CLOSED):
+                self._flush()
+        except Exception as exc:  # the boundary, as in on_readable
+            self._fail_unexpectedly(exc)
 
     def accept_upgrade(self) -> None:
         """The owner accepts the pending upgrade: 101, then the WebSocket (loop thread)."""

@@ -31,8 +31,6 @@ feeds it, sends what `data_to_send()` returns, and drops the transport once
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import logging
 from dataclasses import dataclass
@@ -58,6 +56,7 @@ from .budget import MemoryBudget
 from .deflate import NegotiatedDeflate
 from .http import REASONS, Headers, Response
 from .states import check_move
+from .upgrade import improper_upgrade, is_upgrade, malformed_head
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +128,21 @@ class HandshakeFailed:
     reason: str
 
 
-Event = RequestReceived | MessageReceived | PongReceived | Closed | HandshakeFailed
+@dataclass(frozen=True, slots=True)
+class BacklogPending:
+    """Frames are left unparsed (EVENTS_PER_CALL): feed nothing more before `parse_backlog()`."""
+
+
+BACKLOG = BacklogPending()
+
+Event = (RequestReceived | MessageReceived | PongReceived | Closed | HandshakeFailed
+         | BacklogPending)
+
+# Frames parsed per call at most. wsproto spends ~15 us on a frame whatever it holds, so one
+# 16 KiB TLS record of empty frames (2,700 of them) would hold the loop for 40 ms and eight
+# reads of them a third of a second; past this many the rest waits in wsproto's buffer for
+# parse_backlog(), which the connection calls on the loop's next turn.
+EVENTS_PER_CALL = 256
 
 # What the peer reads in our close frame when it broke the protocol (RFC 6455 §7.4.1).
 _CLOSE_REASONS = {1002: "protocol error", 1007: "invalid message data", 1008: "memory budget",
@@ -141,52 +154,10 @@ _CLOSE_REASONS = {1002: "protocol error", 1007: "invalid message data", 1008: "m
 FRAGMENT_OVERHEAD = 64
 
 
-def _is_upgrade(request: h11.Request) -> bool:
-    for name, value in request.headers:
-        if name == b"upgrade" and value.lower() == b"websocket":
-            return True
-    return False
-
-
-def _malformed_head(raw: bytes) -> str | None:
-    """RFC 9112 §2.2 and §5.2, which h11 accepts: a bare LF line ending, or obs-fold."""
-    if raw.count(b"\n") != raw.count(b"\r\n"):
-        return "bare LF in the request head"
-    if b"\r\n " in raw or b"\r\n\t" in raw:
-        return "obs-fold in the request head"
-    return None
-
-
-def _improper_upgrade(request: h11.Request) -> str | None:
-    """What RFC 6455 §4.2.1 and RFC 9112 forbid in an upgrade and wsproto lets through."""
-    if request.http_version != b"1.1":
-        return f"WebSocket upgrade over HTTP/{request.http_version.decode()}"
-    if not request.target.startswith(b"/"):
-        return "WebSocket upgrade to a target that is not origin-form"  # RFC 9112 §3.2.1
-    keys = []
-    for name, value in request.headers:
-        if name == b"transfer-encoding":
-            return "WebSocket upgrade with a body (Transfer-Encoding)"
-        if name == b"content-length" and value.strip() != b"0":
-            return "WebSocket upgrade with a body (Content-Length)"
-        if name == b"sec-websocket-key":
-            keys.append(value)
-    if len(keys) > 1:
-        return "more than one Sec-WebSocket-Key"
-    if keys:  # a missing key is wsproto's to report
-        try:
-            key = base64.b64decode(keys[0], validate=True)
-        except (binascii.Error, ValueError):
-            key = b""
-        if len(key) != 16:
-            return "Sec-WebSocket-Key is not 16 base64-encoded bytes"
-    return None
-
-
 class ServerProtocol:
     __slots__ = ("limits", "phase", "_head", "_h11", "_handshake", "_ws", "_out", "_partial",
                  "_part_bytes", "_discarding", "_close_code", "_pending_input", "conn_id",
-                 "extensions", "_budget", "_deflate", "_partial_text")
+                 "extensions", "_budget", "_deflate", "_partial_text", "backlog")
 
     def __init__(self, limits: ProtocolLimits, conn_id: int = 0,
                  budget: MemoryBudget | None = None) -> None:
@@ -207,6 +178,7 @@ class ServerProtocol:
         self._partial_text = False
         self._part_bytes = 0  # as charged: its bytes + FRAGMENT_OVERHEAD a frame before its last
         self._discarding = False  # a message was refused: nothing more is collected
+        self.backlog = False  # frames left unparsed after EVENTS_PER_CALL
         self._close_code = 0
         self._pending_input = b""  # bytes after the head, fed in once the upgrade is accepted
         self.extensions: tuple[str, ...] = ()  # negotiated, for the connection's debug log
@@ -305,14 +277,14 @@ class ServerProtocol:
         trailing = bytes(self._h11.trailing_data[0])
         if len(self._head) - len(trailing) > self.limits.max_header_bytes:
             return [self._refuse(431, f"request head over {self.limits.max_header_bytes} bytes")]
-        problem = _malformed_head(bytes(self._head[:len(self._head) - len(trailing)]))
-        if problem is None and _is_upgrade(event):
-            problem = _improper_upgrade(event)
+        problem = malformed_head(bytes(self._head[:len(self._head) - len(trailing)]))
+        if problem is None and is_upgrade(event):
+            problem = improper_upgrade(event)
         if problem is not None:
             return [self._refuse(400, problem)]
         received = RequestReceived(event.method.decode("latin-1"),
                                    event.target.decode("latin-1"),
-                                   Headers.from_raw(list(event.headers)), _is_upgrade(event))
+                                   Headers.from_raw(list(event.headers)), is_upgrade(event))
         if not received.upgrade:
             self._move(Phase.AWAITING_RESPONSE, "plain HTTP request")
             self._h11 = None
@@ -388,11 +360,21 @@ class ServerProtocol:
         self.respond(Response.text(status))
         return HandshakeFailed(status, reason)
 
+    def parse_backlog(self) -> list[Event]:
+        """Parse what a previous call left in wsproto's buffer (after BacklogPending)."""
+        if self.backlog and (self.phase is Phase.OPEN or self.phase is Phase.CLOSING):
+            return self._drain_ws_events()
+        self.backlog = False
+        return []
+
     def _drain_ws_events(self) -> list[Event]:
         ws = self._ws
         assert ws is not None
         out: list[Event] = []
+        self.backlog = False
+        parsed = 0
         for event in ws.events():
+            parsed += 1
             kind = type(event)
             if kind is TextMessage or kind is BytesMessage:
                 message = self._collect(event)  # type: ignore[arg-type]
@@ -410,6 +392,10 @@ class ServerProtocol:
                 out.append(PongReceived(bytes(cast(Pong, event).payload)))
             elif kind is CloseConnection:
                 out.append(self._on_close(event))  # type: ignore[arg-type]
+                break
+            if parsed >= EVENTS_PER_CALL:
+                self.backlog = True
+                out.append(BACKLOG)
                 break
         return out
 
@@ -551,5 +537,6 @@ class ServerProtocol:
             self._move(Phase.CLOSED, "abort")
 
 
-__all__ = ["Closed", "Event", "HandshakeFailed", "MessageReceived", "Phase", "PongReceived",
-           "ProtocolLimits", "RequestReceived", "ServerProtocol"]
+__all__ = ["BACKLOG", "EVENTS_PER_CALL", "BacklogPending", "Closed", "Event", "HandshakeFailed",
+           "MessageReceived", "Phase", "PongReceived", "ProtocolLimits", "RequestReceived",
+           "ServerProtocol"]
