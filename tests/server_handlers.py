@@ -57,6 +57,14 @@ def flood_timed(handle: ConnectionHandle, message: object) -> None:
         handle.close(4408, "you stopped reading")
 
 
+def slow_on_large(handle: ConnectionHandle, message: str | bytes) -> None:
+    """A large message is a 0.2 s database write; a small one is echoed at once."""
+    if len(message) > 64 * 1024:
+        time.sleep(0.2)
+    else:
+        handle.send(message)
+
+
 def crash(handle: ConnectionHandle, message: object) -> None:
     raise RuntimeError("handler bug")
 

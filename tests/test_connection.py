@@ -23,7 +23,7 @@ from webscale.connection import Connection, ConnectionSettings, Transport
 from webscale.handle import ConnectionHandle
 from webscale.http import Request, Response
 from webscale.loop import EventLoop
-from webscale.protocol import ProtocolLimits, ServerProtocol
+from webscale.protocol import EVENTS_PER_CALL, ProtocolLimits, ServerProtocol
 from webscale.stats import Stats
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -408,5 +408,5 @@ def test_a_read_of_many_frames_is_parsed_over_several_turns(make: Callable[..., 
         h.loop.run_once(max_wait=0.01)
         turns += 1
     assert h.owner.messages == ["t"] * 1000
-    assert turns >= 1000 // 256  # never more than EVENTS_PER_CALL frames in one go
+    assert turns >= 1000 // EVENTS_PER_CALL  # never more than EVENTS_PER_CALL frames a turn
     assert h.conn.reading_paused == 0 and h.stats.paused_connections == 0

@@ -9,6 +9,7 @@ counters, /proc memory), never on "it did not crash after a sleep".
 
 from __future__ import annotations
 
+import os
 import resource
 import selectors
 import socket
@@ -817,4 +818,81 @@ def test_abrupt_disconnects_leave_no_traceback(server_factory: StartServer) -> N
     client.upgrade()
     echo_round_trip(client, "after the cuts")
     client.close()
+    assert_quiet(server)
+
+
+# -- the upgrade, parsed strictly -----------------------------------------------------------------
+_STRICT = {
+    # A body read as WebSocket frames answered this ping with a pong before (issue 12).
+    "Content-Length with a ping for a body": UPGRADE[:-2] + b"Content-Length: 6\r\n\r\n"
+    + client_frame(OP_PING, b"")[:6],
+    "Transfer-Encoding and Content-Length": UPGRADE[:-2]
+    + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+    "HTTP/1.0": UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0"),
+    "key that is not base64": UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"not-a-key!"),
+    "obs-fold": UPGRADE[:-2] + b"X-Folded: a\r\n b\r\n\r\n",
+    "bare LF": UPGRADE.replace(b"\r\n", b"\n"),
+    "absolute-form target": UPGRADE.replace(b"GET /feed", b"GET http://127.0.0.1/feed"),
+}
+
+
+@pytest.mark.parametrize("name", list(_STRICT))
+def test_improper_upgrade_is_refused_with_400(echo_server: ServerProcess, name: str) -> None:
+    client = RawClient(echo_server)
+    client.send(_STRICT[name])
+    head = client.http_response()
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    rest = client.read_to_eof()
+    assert b"\x8a" not in rest  # no pong: the body was never read as frames
+    client.close()
+
+
+# -- deflate bombs --------------------------------------------------------------------------------
+def loop_cpu_seconds(server: ServerProcess) -> float:
+    """CPU time of the server's main thread (the loop), from /proc."""
+    pid = server.proc.pid
+    with open(f"/proc/{pid}/task/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _bomb(size: int) -> bytes:
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+    chunk = b"\0" * (1 << 20)
+    out = [compressor.compress(chunk) for _ in range(size >> 20)]
+    return b"".join(out) + compressor.flush(zlib.Z_SYNC_FLUSH)[:-4]
+
+
+def test_deflate_bombs_cost_the_loop_little(server_factory: StartServer) -> None:
+    server = server_factory(*ECHO, "--compression", "deflate")
+    bomb = client_frame(OP_BINARY, _bomb(1 << 30), rsv=4, mask=None)  # 1 GiB in ~1 MB
+    bomb = bomb[:1] + bytes([bomb[1] | 0x80]) + bomb[2:10] + b"\0\0\0\0" + bomb[10:]
+    clients = []
+    for _ in range(20):
+        client = RawClient(server)
+        client.upgrade(UPGRADE_DEFLATE)
+        clients.append(client)
+    bystander = RawClient(server)
+    bystander.upgrade()
+    echo_round_trip(bystander, "before")
+    before = loop_cpu_seconds(server)
+    for client in clients:
+        try:
+            client.send(bomb)
+        except OSError:
+            pass  # refused and closed before we finished sending: fine
+    worst = 0.0
+    for i in range(5):
+        started = time.monotonic()
+        echo_round_trip(bystander, f"during {i}")
+        worst = max(worst, time.monotonic() - started)
+    for client in clients:
+        assert client.close_code() == 1009
+        client.close()
+    spent = loop_cpu_seconds(server) - before
+    # Each bomb inflates 1 MiB (the cap) and no more; the rest is TLS and framing of ~1 MB.
+    assert spent < 20 * 0.05 * UNIT, f"{spent:.2f} s of loop CPU for 20 bombs"
+    assert worst < 0.1 * UNIT, f"an echo took {worst * 1000:.0f} ms"
+    assert wait_for(lambda: server.stats()["closes_by_code"].get("1009") == 20)
+    bystander.close()
     assert_quiet(server)

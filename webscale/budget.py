@@ -12,12 +12,14 @@ Past `limit` the budget is *over*, and connections that would add to it stop bei
 (backpressure): one holding a partial message is held at its next readable event, one whose
 mailbox holds more than `OVER_BUDGET_ALLOWANCE` is paused by the dispatcher at its next message.
 A connection with little in flight (a device sending a small message now and then) keeps going.
-The `MemoryGuard` then looks every `CHECK_SECONDS`: back under `resume_at` (7/8 of the limit),
-everyone held is read again; still over and no lower than it was `SHED_AFTER_SECONDS` ago (a
-partial message cannot shrink while its connection is not read, a handler may be stuck, a client
-may have stopped reading), the connections holding the most are closed, biggest first, until the
-estimate is under `resume_at`: with 1009 when most of what they hold is a partial message, 1008
-otherwise. What they held is dropped at once (their queued replies and unhandled messages too).
+The `MemoryGuard` then looks every `CHECK_SECONDS` until `used` is back under `resume_at` (7/8
+of the limit), when the connections held are read again, a few each check as the headroom
+allows. If meanwhile `used` has not gone down for
+`SHED_AFTER_SECONDS` (a partial message cannot shrink while its connection is not read, a
+handler may be stuck, a client may have stopped reading), the connections holding the most are
+closed, biggest first, until the estimate is under `resume_at`: with 1009 when most of what they
+hold is a partial message, 1008 otherwise. What they held is dropped at once (their queued
+replies and unhandled messages too).
 
 What is not counted: kernel socket buffers, OpenSSL's record buffers, zlib's windows with
 permessage-deflate, and each connection's fixed cost (~18 KB of Python objects): those scale with
@@ -41,6 +43,9 @@ logger = logging.getLogger(__name__)
 OVER_BUDGET_ALLOWANCE = 64 * 1024
 CHECK_SECONDS = 0.1
 SHED_AFTER_SECONDS = 0.5
+# Held connections are let go a few at a time, this much headroom each (what one may read in a
+# readiness event: eight 16 KiB TLS records), so that they do not all read in one loop turn.
+RELEASE_ALLOWANCE = 128 * 1024
 
 
 def physical_memory() -> int | None:
@@ -104,11 +109,16 @@ class MemoryBudget:
         self.held.pop(conn, None)
 
     def recovered(self) -> None:
-        """Back under `resume_at`: read every held connection again."""
+        """Back under `resume_at`: read held connections again, as many as the headroom
+        allows (RELEASE_ALLOWANCE each, at least one); the guard lets the rest go later."""
         self.over = False
-        held, self.held = self.held, {}
-        for conn in held:
+        count = max(1, (self.resume_at - self.used) // RELEASE_ALLOWANCE)
+        held = self.held
+        while held and count:
+            conn = next(iter(held))
+            del held[conn]
             conn.release_budget_hold()
+            count -= 1
 
     @classmethod
     def unlimited(cls) -> MemoryBudget:
@@ -147,22 +157,20 @@ class MemoryGuard:
     def check(self) -> None:
         self.timer = None
         budget = self.budget
+        if budget.used > budget.resume_at:
+            now = self.loop.time()
+            if budget.used < self.mark:
+                self.mark, self.mark_time = budget.used, now  # draining: give it time
+            elif now - self.mark_time >= SHED_AFTER_SECONDS:
+                self._shed_biggest()
+                self.mark, self.mark_time = budget.used, now
         if budget.used <= budget.resume_at:
             budget.recovered()
             for callback in self.on_recovered:
                 callback()
-            return
-        now = self.loop.time()
-        if budget.used < self.mark:
-            self.mark, self.mark_time = budget.used, now  # draining: give it time
-        elif now - self.mark_time >= SHED_AFTER_SECONDS:
-            self._shed_biggest()
-            self.mark, self.mark_time = budget.used, now
-        if budget.used > budget.limit or budget.held:
-            budget.over = True
-            self.timer = self.loop.call_later(CHECK_SECONDS, self.check)
-        else:
-            budget.over = False
+            if not budget.held:
+                return
+        self.timer = self.loop.call_later(CHECK_SECONDS, self.check)
 
     def _shed_biggest(self) -> None:
         budget = self.budget

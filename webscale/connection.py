@@ -311,7 +311,9 @@ class Connection:
                 # turn of the loop, so that other clients are served in between.
                 if not self.reading_paused & _PARSING_BACKLOG:
                     self._set_paused(self.reading_paused | _PARSING_BACKLOG)
-                    self.loop.call_soon(self._parse_backlog)
+                    # call_soon from a call_soon: after this turn's readiness events and
+                    # callbacks, so a connection parses at most EVENTS_PER_CALL a turn.
+                    self.loop.call_soon(self.loop.call_soon, self._parse_backlog)
         phase = self.proto.phase
         if phase is Phase.CLOSING:
             self._arm_close_timer()
@@ -342,7 +344,7 @@ class Connection:
             if events:
                 self._on_events(events)
             if self.proto.backlog and not self.closed:
-                self.loop.call_soon(self._parse_backlog)
+                self.loop.call_soon(self._parse_backlog)  # (we run from call_soon: next turn)
             else:
                 self._set_paused(self.reading_paused & ~_PARSING_BACKLOG)
             if not self.closed and (self.out or self.proto.has_output
