@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from . import fastmask, limits, routes, tls
 from .app import App, resolve
-from .budget import MemoryBudget, MemoryGuard, default_max_buffered_bytes
+from .budget import MemoryBudget, MemoryGuard, default_max_buffered_bytes, physical_memory
 from .config import Config
 from .connection import Connection, ConnectionSettings
 from .dispatch import Decoder, Dispatcher, Handler
@@ -122,7 +122,8 @@ class Server:
             batch_linger=config.batch_linger, budget=self.budget)
         self.memory_guard = MemoryGuard(self.budget, self.loop, self._memory_holders,
                                         self._shed, on_recovered=[self.dispatcher.resume_held])
-        self.max_connections = config.max_connections or _default_max_connections()
+        self.max_connections = config.max_connections or _default_max_connections(
+            config.workers)
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
         self._listeners: list[_Listener] = []
@@ -399,17 +400,20 @@ class Server:
         self.loop.close()
 
 
-def _default_max_connections() -> int:
-    """The open-files limit (read after run() raised it) less limits.DEFAULT_RESERVE."""
+def _default_max_connections(workers: int = 1) -> int:
+    """The open-files limit (read after run() raised it) less limits.DEFAULT_RESERVE, or what
+    half of memory holds (limits.memory_connection_limit) if that is fewer."""
+    by_memory = limits.memory_connection_limit(physical_memory(), workers)
     try:
         import resource
 
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (ImportError, ValueError, OSError):
-        return 1000
-    if soft == resource.RLIM_INFINITY:
-        return 100_000
-    return max(1, soft - limits.DEFAULT_RESERVE)
+        by_files = 1000
+    else:
+        by_files = (100_000 if soft == resource.RLIM_INFINITY
+                    else max(1, soft - limits.DEFAULT_RESERVE))
+    return by_files if by_memory is None else min(by_files, by_memory)
 
 
 def run(config: Config, *, app: App | None = None,
