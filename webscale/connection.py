@@ -158,7 +158,7 @@ class Connection:
         self.tls_want: tls.Want | None = tls.Want.READ
         self.read_wants_write = False
         self.write_wants_read = False
-        self.reading_paused = 0       # backpressure: _PAUSED_BY_DISPATCHER | _HELD_BY_BUDGET
+        self.reading_paused = 0       # why not: _PAUSED_BY_DISPATCHER, _HELD_BY_BUDGET, ...
         self.upgrade_pending = False  # the owner is deciding an upgrade: read nothing more
         self.websocket = False        # the upgrade was accepted (a handle exists)
         self.handshake_timer: Timer | None = loop.call_later(settings.handshake_timeout,
@@ -442,7 +442,8 @@ class Connection:
         if budget.used > budget.limit and not budget.over:
             budget.went_over()
         if out_bytes > self.settings.outbound_limit_bytes:
-            if budget.over:
+            if budget.over and (self.proto.phase is Phase.OPEN
+                                or self.proto.phase is Phase.FAILING):
                 # No memory to wait for a slow reader with: close it now (a handler flooding
                 # a client that does not read would queue a second's worth meanwhile).
                 self.shed(1008)
@@ -534,6 +535,7 @@ class Connection:
                          else flags & ~_PAUSED_BY_DISPATCHER)
 
     def _hold_for_budget(self) -> None:
+        """Over the memory budget with a partial message: read nothing until it recovers."""
         self._set_paused(self.reading_paused | _HELD_BY_BUDGET)
         self.budget.hold(self)
 
@@ -567,6 +569,13 @@ class Connection:
         """The memory budget's guard closes this client (1008/1009): what it holds is dropped,
         reading stops, and the close frame follows the reply already on its way."""
         if self.closed:
+            return
+        phase = self.proto.phase
+        if phase is not Phase.OPEN and phase is not Phase.FAILING:
+            # Closing already (its close frame queued behind what it holds), or not a
+            # WebSocket: let it go now.
+            self.proto.abort()
+            self._close_transport()
             return
         log_rejection(logger, "conn %d: closing %s with %d to recover memory: %d bytes of a "
                       "partial message, %d queued for it", self.conn_id, peer(self.address),
