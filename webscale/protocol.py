@@ -404,19 +404,24 @@ class ServerProtocol:
             return None
         # wsproto hands bytes (not bytearray) for binary frames; say so for the type checker.
         data = cast(str | bytes, event.data)
-        size = len(data)
-        if data.__class__ is str and not data.isascii():  # text: count it encoded, as sent
-            size = len(data.encode())
         if self._partial is None and event.message_finished:  # the usual: one piece
-            if size > self.limits.max_message_size:
+            limit = self.limits.max_message_size
+            size = len(data)
+            # Text is counted encoded, as sent; a character is 4 bytes at most, so only text
+            # longer than a quarter of the cap needs measuring.
+            if size << 2 > limit and data.__class__ is str and not data.isascii():
+                size = len(data.encode())
+            if size > limit:
                 self._too_big()
                 return None
             return MessageReceived(data)
-        return self._collect_piece(data, size, event)
+        return self._collect_piece(data, event)
 
-    def _collect_piece(self, data: str | bytes, size: int,
+    def _collect_piece(self, data: str | bytes,
                        event: TextMessage | BytesMessage) -> MessageReceived | None:
         """One piece of a message that came in several: frames, or reads of one frame."""
+        piece = data.encode() if isinstance(data, str) else data
+        size = len(piece)
         held = self._part_bytes
         total = held + size
         if event.frame_finished and not event.message_finished:
@@ -429,7 +434,7 @@ class ServerProtocol:
             partial = self._partial = bytearray()
             self._partial_text = isinstance(data, str)
         if size:
-            partial += data.encode() if isinstance(data, str) else data
+            partial += piece
         if event.message_finished:
             self._partial = None
             self._part_bytes = 0
