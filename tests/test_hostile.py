@@ -334,6 +334,25 @@ def test_violation_gets_its_close_code(echo_server: ServerProcess, bystander: Ra
     echo_round_trip(bystander, name)
 
 
+def test_rejections_are_logged_with_the_remote_address(server_factory: StartServer) -> None:
+    # Its own server: the shared one's log is rate-limited by the other tests' rejections.
+    echo_server = server_factory(*ECHO, "--no-tls", "--max-message-size", "65536")
+    client = RawClient(echo_server)
+    client.upgrade()
+    port = client.sock.getsockname()[1]
+    client.send(client_frame(OP_BINARY, b"\0" * 70_000))
+    assert client.close_code() == 1009
+    client.close()
+    refused = RawClient(echo_server)
+    refused.send(UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0"))
+    assert refused.http_response().startswith(b"HTTP/1.1 400 ")
+    refused_port = refused.sock.getsockname()[1]
+    refused.close()
+    wait_for(lambda: f"127.0.0.1:{port} with 1009" in echo_server.stderr()
+             and f"127.0.0.1:{refused_port} with 400" in echo_server.stderr(),
+             what="both rejections in the log, with the client's address")
+
+
 def test_empty_close_is_answered_and_dropped(echo_server: ServerProcess) -> None:
     client = RawClient(echo_server)
     client.upgrade()
