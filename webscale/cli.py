@@ -43,9 +43,9 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="on a message that fails to decode: count it and keep the connection, or also "
              "close it with 1007 (default: %(default)s)")
     add("--max-message-size", type=byte_size, default=d.max_message_size,
-        help="bytes as sent (text encoded, inflated with deflate) plus 64 a fragment of a "
-             "fragmented message; larger messages fail the connection with 1009 "
-             "(default: %(default)s)")
+        help="bytes as sent (text encoded, inflated with deflate), plus 64 for each frame "
+             "before a message's last; larger messages fail the connection with 1009; sizes "
+             "take KiB, MiB, GiB (default: %(default)s)")
     add("--max-header-bytes", type=byte_size, default=d.max_header_bytes,
         help="request head limit; larger gets 431 (default: %(default)s)")
     add("--max-headers", type=int, default=d.max_headers,
