@@ -12,9 +12,10 @@ arrived meanwhile.
 Why units: a hand-off is a futex wake of a pool thread and two context switches (~35 us of CPU on
 a small VM, measured in benchmarks/handoff_cost.py), more than decoding a small message. So fast
 handlers are packed many messages to a unit (about 2 ms of work, from a moving average of the
-measured cost per message), and a ready message waits up to --batch-linger for company; the
-linger ends at the first loop iteration after it expires (the loop wakes for reads anyway), and
-a timer at twice the linger bounds it when nothing else happens. Slow handlers (a blocking
+measured cost per message, and at most 256 KiB of them), and a ready message waits up to
+--batch-linger for company; the linger ends at the first loop iteration after it expires (the
+loop wakes for reads anyway), and a timer at twice the linger bounds it when nothing else
+happens. Slow handlers (a blocking
 database call) go one mailbox per unit so the pool's threads run them side by side.
 
 Why completions do not wake the loop: the report of a finished unit is queued with
