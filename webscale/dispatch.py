@@ -15,8 +15,8 @@ handlers are packed many messages to a unit (about 2 ms of work, from a moving a
 measured cost per message, and at most 256 KiB of them), and a ready message waits up to
 --batch-linger for company; the linger ends at the first loop iteration after it expires (the
 loop wakes for reads anyway), and a timer at twice the linger bounds it when nothing else
-happens. Slow handlers (a blocking
-database call) go one mailbox per unit so the pool's threads run them side by side.
+happens. Slow handlers (a blocking database call) go one mailbox per unit so the pool's threads
+run them side by side.
 
 Why completions do not wake the loop: the report of a finished unit is queued with
 `call_soon_threadsafe(..., wake=False)` and applied at the loop's next wake-up (the loop's
