@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from webscale import ConnectionHandle, Reject, Request
+from webscale import ConnectionHandle, Reject, Request, SendTimeout
 from webscale.examples.telemetry import Telemetry
 
 _log_lock = threading.Lock()
@@ -47,6 +47,25 @@ def flood(handle: ConnectionHandle, message: object) -> None:
     chunk = b"x" * 65536
     for _ in range(1024):
         handle.send(chunk)
+
+
+def flood_timed(handle: ConnectionHandle, message: object) -> None:
+    """The same 64 MiB, sent with backpressure: waits while the client's queue is full, and
+    gives up on a client that takes nothing for a second (closing it with 4408)."""
+    chunk = b"x" * 65536
+    try:
+        for _ in range(1024):
+            handle.send(chunk, timeout=1.0)
+    except SendTimeout:
+        handle.close(4408, "you stopped reading")
+
+
+def slow_on_large(handle: ConnectionHandle, message: str | bytes) -> None:
+    """A large message is a 0.2 s database write; a small one is echoed at once."""
+    if len(message) > 64 * 1024:
+        time.sleep(0.2)
+    else:
+        handle.send(message)
 
 
 def crash(handle: ConnectionHandle, message: object) -> None:

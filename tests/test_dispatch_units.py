@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from webscale.budget import MemoryBudget
 from webscale.dispatch import Dispatcher
 from webscale.handle import ConnectionHandle
 from webscale.loop import Timer
@@ -203,4 +204,65 @@ def test_ingesting_mailboxes_linger_and_answering_ones_do_not(loop: FakeLoop) ->
         d.flush()
         assert d._units == {}
     finally:
+def test_mailboxes_are_bounded_in_bytes_and_charged_to_the_budget(loop: FakeLoop) -> None:
+    gate = threading.Event()
+    budget = MemoryBudget(1 << 30)
+    d = make(loop, lambda handle, message: gate.wait(10),
+             max_in_flight_bytes_per_connection=10_000, budget=budget)
+    try:
+        conn = opened(loop, d, 1)
+        d.deliver(conn, b"x" * 6000)  # type: ignore[arg-type]
+        assert not conn.paused and budget.used == 6000
+        d.deliver(conn, "\U0001f600" * 1000)  # type: ignore[arg-type]  # ~4 KB held
+        assert conn.paused and budget.used > 10_000  # two messages, over 10,000 bytes
+        d.flush(force=True)  # the batch goes to the pool: still charged until handled
+        assert budget.used > 10_000
+        gate.set()
+        loop.run_calls(1)
+        assert not conn.paused and conn.done == 2 and budget.used == 0
+    finally:
+        gate.set()
+        d.shutdown(wait=True)
+
+
+def test_over_the_budget_only_connections_holding_much_are_paused(loop: FakeLoop) -> None:
+    gate = threading.Event()
+    budget = MemoryBudget(100_000)
+    d = make(loop, lambda handle, message: gate.wait(10), budget=budget)
+    try:
+        big, small = opened(loop, d, 1), opened(loop, d, 2)
+        d.deliver(big, b"b" * 120_000)  # type: ignore[arg-type]
+        assert budget.over and big.paused  # held: it holds more than the allowance
+        d.deliver(small, b"s" * 1000)  # type: ignore[arg-type]
+        assert not small.paused  # a small message from a quiet client goes on
+        d.flush(force=True)
+        gate.set()
+        loop.run_calls(1)
+        assert big.paused and budget.used == 0  # held until the budget says it recovered
+        budget.recovered()  # (the guard's check does this, and then calls resume_held)
+        d.resume_held()
+        assert not big.paused and budget.used == 0
+    finally:
+        gate.set()
+        d.shutdown(wait=True)
+
+
+def test_discard_drops_what_the_pool_has_not_taken(loop: FakeLoop) -> None:
+    gate = threading.Event()
+    budget = MemoryBudget(1 << 30)
+    d = make(loop, lambda handle, message: gate.wait(10), budget=budget)
+    try:
+        conn = opened(loop, d, 1)
+        d.deliver(conn, b"1" * 100)  # type: ignore[arg-type]
+        d.flush(force=True)  # this one runs
+        d.deliver(conn, b"2" * 200)  # type: ignore[arg-type]
+        d.deliver(conn, b"3" * 300)  # type: ignore[arg-type]
+        assert d.queued_bytes(conn) == 500 and budget.used == 600  # type: ignore[arg-type]
+        assert d.discard(conn) == 2  # type: ignore[arg-type]
+        assert conn.done == 2 and budget.used == 100 and d.in_flight_total == 1
+        gate.set()
+        loop.run_calls(1)
+        assert conn.done == 3 and budget.used == 0 and d.idle
+    finally:
+        gate.set()
         d.shutdown(wait=True)

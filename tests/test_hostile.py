@@ -9,6 +9,7 @@ counters, /proc memory), never on "it did not crash after a sleep".
 
 from __future__ import annotations
 
+import os
 import resource
 import selectors
 import socket
@@ -333,6 +334,25 @@ def test_violation_gets_its_close_code(echo_server: ServerProcess, bystander: Ra
     echo_round_trip(bystander, name)
 
 
+def test_rejections_are_logged_with_the_remote_address(server_factory: StartServer) -> None:
+    # Its own server: the shared one's log is rate-limited by the other tests' rejections.
+    echo_server = server_factory(*ECHO, "--no-tls", "--max-message-size", "65536")
+    client = RawClient(echo_server)
+    client.upgrade()
+    port = client.sock.getsockname()[1]
+    client.send(client_frame(OP_BINARY, b"\0" * 70_000))
+    assert client.close_code() == 1009
+    client.close()
+    refused = RawClient(echo_server)
+    refused.send(UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0"))
+    assert refused.http_response().startswith(b"HTTP/1.1 400 ")
+    refused_port = refused.sock.getsockname()[1]
+    refused.close()
+    wait_for(lambda: f"127.0.0.1:{port} with 1009" in echo_server.stderr()
+             and f"127.0.0.1:{refused_port} with 400" in echo_server.stderr(),
+             what="both rejections in the log, with the client's address")
+
+
 def test_empty_close_is_answered_and_dropped(echo_server: ServerProcess) -> None:
     client = RawClient(echo_server)
     client.upgrade()
@@ -639,33 +659,107 @@ def test_max_connections_answers_503_and_recovers(server_factory: StartServer) -
 
 
 # -- a client that never reads ------------------------------------------------------------------
-def test_client_that_never_reads_is_cut_at_the_outbound_limit(server_factory: StartServer) -> None:
-    server = server_factory("--decode", "none", "--handler", "server_handlers:flood", "--no-tls",
-                            "--outbound-limit-bytes", str(1 << 20))
-    warm = RawClient(server)
-    warm.upgrade()
-    warm.close()
-    wait_for(lambda: server.stats()["connections_open"] == 0)
-    baseline = rss_bytes(server)
+def _never_reading_client(server: ServerProcess) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read: TCP fills up
     sock.settimeout(5 * UNIT)
     sock.connect((server.host, server.port))
     sock.sendall(UPGRADE + client_frame(OP_TEXT, b"send me everything"))
+    return sock
+
+
+def test_a_flood_to_a_client_that_never_reads_is_cut_by_the_memory_budget(
+        server_factory: StartServer) -> None:
+    # The handler sends 64 MiB without waiting; past the 16 MiB budget the client is closed.
+    server = server_factory("--decode", "none", "--handler", "server_handlers:flood", "--no-tls",
+                            "--max-buffered-bytes", "16MiB")
+    warm = RawClient(server)
+    warm.upgrade()
+    warm.close()
+    wait_for(lambda: server.stats()["connections_open"] == 0)
+    baseline = rss_bytes(server)
+    sock = _never_reading_client(server)
     try:
         stats = wait_for(lambda: (s := server.stats())["closes_by_code"].get("1008") == 1 and s,
-                         units=10, what="the slow consumer to be closed")
-        # The handler sent 64 MiB; the server held at most the 1 MiB cap and socket buffers.
+                         units=10, what="the flooded client to be closed")
+        assert stats["memory_sheds"] == 1
         assert stats["bytes_out"] < 8 * 2**20
         peak = rss_bytes(server, "VmHWM")
-        assert peak - baseline < 24 * 2**20, f"RSS peaked {(peak - baseline) >> 20} MiB above"
-        # Our end sees the connection gone once it drains what the kernel had buffered.
-        sock.settimeout(5 * UNIT)
+        assert peak - baseline < (16 + 24) * 2**20, f"RSS peaked {(peak - baseline) >> 20} MiB"
+        assert wait_for(lambda: server.stats()["buffered_bytes"] == 0,
+                        what="everything it held given back")
         try:
             while sock.recv(65536):
                 pass
         except ConnectionResetError:
             pass
+    finally:
+        sock.close()
+    assert_quiet(server)
+
+
+def _frames_until_close(sock: socket.socket) -> list[tuple[int, bytes]]:
+    """Read the 101 and every frame up to the server's close frame."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    data = data.partition(b"\r\n\r\n")[2]
+    frames: list[tuple[int, bytes]] = []
+    while not frames or frames[-1][0] != OP_CLOSE:
+        frame = _parse_server_frame(data, False)
+        if frame is None:
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"end of stream after {len(frames)} frames, no close frame"
+            data += chunk
+            continue
+        opcode, _, payload, used = frame
+        frames.append((opcode, payload))
+        data = data[used:]
+    return frames
+
+
+def test_a_slow_reader_is_closed_with_a_close_frame(server_factory: StartServer) -> None:
+    # More than --outbound-limit-bytes queued and nothing taken for --slow-reader-timeout: 1008,
+    # the queued replies dropped but the one on its way, then the close frame.
+    server = server_factory("--decode", "none", "--handler", "server_handlers:flood", "--no-tls",
+                            "--slow-reader-timeout", str(UNIT))
+    sock = _never_reading_client(server)
+    try:
+        stats = wait_for(lambda: (s := server.stats())["closes_by_code"].get("1008") == 1 and s,
+                         units=5, what="the slow reader to be closed")
+        assert stats["memory_sheds"] == 0
+        assert wait_for(lambda: server.stats()["buffered_bytes"] < 2**20,
+                        what="the queued replies dropped")
+        frames = _frames_until_close(sock)  # reading at last
+        assert frames[-1] == (OP_CLOSE, close_payload(1008, b"slow reader"))
+        assert {opcode for opcode, _ in frames[:-1]} == {OP_BINARY}
+        assert sum(len(payload) for _, payload in frames) < 16 * 2**20
+        sock.sendall(client_frame(OP_CLOSE, close_payload(1008)))
+        assert sock.recv(65536) == b""  # the server closes once we answered
+    finally:
+        sock.close()
+    assert_quiet(server)
+
+
+def test_a_handler_sending_with_a_timeout_waits_at_the_high_water_mark(
+        server_factory: StartServer) -> None:
+    server = server_factory("--decode", "none", "--handler", "server_handlers:flood_timed",
+                            "--no-tls")
+    sock = _never_reading_client(server)
+    try:
+        wait_for(lambda: server.stats()["messages_received"] == 1)
+        peak = 0
+        end = deadline(0.8)  # the handler's timeout is one second
+        while time.monotonic() < end:
+            peak = max(peak, server.stats()["buffered_bytes"])
+            time.sleep(0.02)
+        # The default --outbound-limit-bytes (1 MiB), plus one reply (64 KiB and its header).
+        assert 0 < peak <= 2**20 + 65536 + 14, peak
+        stats = wait_for(lambda: (s := server.stats())["handler_errors"] == 0
+                         and s["messages_handled"] == 1 and s, what="the handler to give up")
+        assert stats["closes_by_code"] == {}  # the server closed nobody
+        frames = _frames_until_close(sock)
+        assert frames[-1] == (OP_CLOSE, close_payload(4408, b"you stopped reading"))
     finally:
         sock.close()
     assert_quiet(server)
@@ -744,4 +838,83 @@ def test_abrupt_disconnects_leave_no_traceback(server_factory: StartServer) -> N
     client.upgrade()
     echo_round_trip(client, "after the cuts")
     client.close()
+    assert_quiet(server)
+
+
+# -- the upgrade, parsed strictly -----------------------------------------------------------------
+_STRICT = {
+    # A body read as WebSocket frames answered this ping with a pong before (issue 12).
+    "Content-Length with a ping for a body": UPGRADE[:-2] + b"Content-Length: 6\r\n\r\n"
+    + client_frame(OP_PING, b"")[:6],
+    "Transfer-Encoding and Content-Length": UPGRADE[:-2]
+    + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+    "HTTP/1.0": UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0"),
+    "key that is not base64": UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"not-a-key!"),
+    "obs-fold": UPGRADE[:-2] + b"X-Folded: a\r\n b\r\n\r\n",
+    "bare LF": UPGRADE.replace(b"\r\n", b"\n"),
+    "absolute-form target": UPGRADE.replace(b"GET /feed", b"GET http://127.0.0.1/feed"),
+}
+
+
+@pytest.mark.parametrize("name", list(_STRICT))
+def test_improper_upgrade_is_refused_with_400(echo_server: ServerProcess, name: str) -> None:
+    client = RawClient(echo_server)
+    client.send(_STRICT[name])
+    head = client.http_response()
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    rest = client.read_to_eof()
+    assert b"\x8a" not in rest  # no pong: the body was never read as frames
+    client.close()
+
+
+# -- deflate bombs --------------------------------------------------------------------------------
+def loop_cpu_seconds(server: ServerProcess) -> float:
+    """CPU time of the server's main thread (the loop), from /proc."""
+    pid = server.proc.pid
+    with open(f"/proc/{pid}/task/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _bomb(size: int) -> bytes:
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+    chunk = b"\0" * (1 << 20)
+    out = [compressor.compress(chunk) for _ in range(size >> 20)]
+    return b"".join(out) + compressor.flush(zlib.Z_SYNC_FLUSH)[:-4]
+
+
+def test_deflate_bombs_cost_the_loop_little(server_factory: StartServer) -> None:
+    server = server_factory(*ECHO, "--compression", "deflate")
+    bomb = client_frame(OP_BINARY, _bomb(1 << 30), rsv=4, mask=None)  # 1 GiB in ~1 MB
+    bomb = bomb[:1] + bytes([bomb[1] | 0x80]) + bomb[2:10] + b"\0\0\0\0" + bomb[10:]
+    clients = []
+    for _ in range(20):
+        client = RawClient(server)
+        client.upgrade(UPGRADE_DEFLATE)
+        clients.append(client)
+    bystander = RawClient(server)
+    bystander.upgrade()
+    echo_round_trip(bystander, "before")
+    before = loop_cpu_seconds(server)
+    for client in clients:
+        try:
+            client.send(bomb)
+        except OSError:
+            pass  # refused and closed before we finished sending: fine
+    worst = 0.0
+    for i in range(5):
+        started = time.monotonic()
+        echo_round_trip(bystander, f"during {i}")
+        worst = max(worst, time.monotonic() - started)
+    for client in clients:
+        assert client.close_code() == 1009
+        client.close()
+    spent = loop_cpu_seconds(server) - before
+    print(f"\n20 deflate bombs: {spent * 1000:.0f} ms of loop CPU, worst echo meanwhile "
+          f"{worst * 1000:.1f} ms")
+    # Each bomb inflates 1 MiB (the cap) and no more; the rest is TLS and framing of ~1 MB.
+    assert spent < 20 * 0.05 * UNIT, f"{spent:.2f} s of loop CPU for 20 bombs"
+    assert worst < 0.1 * UNIT, f"an echo took {worst * 1000:.0f} ms"
+    assert wait_for(lambda: server.stats()["closes_by_code"].get("1009") == 20)
+    bystander.close()
     assert_quiet(server)

@@ -27,9 +27,9 @@ LAYERS: list[set[str]] = [
     {"connection"},
     {"protocol", "dispatch", "gate"},
     {"handle", "unit_cap", "pool", "decoder", "deflate", "fastmask", "metrics", "stats", "states",
-     "loading", "authorize", "rejections", "snapshots"},
+     "loading", "authorize", "snapshots", "budget", "upgrade"},
     {"examples.telemetry", "shapes", "loop", "tls", "config", "systemd", "limits", "certs",
-     "peer_limits", "proxy_protocol"},
+     "peer_limits", "proxy_protocol", "rejections"},
     {"http", "errors"},
 ]
 # The package's __init__ re-exports the public API (it sits on top); examples other than the

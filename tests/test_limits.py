@@ -85,3 +85,10 @@ def test_budget_that_does_not_fit_says_how_many_do() -> None:
 def test_budget_without_cap_or_limit_is_silent() -> None:
     assert check_connection_budget(0, soft=1024) is None
     assert check_connection_budget(10**7, soft=resource.RLIM_INFINITY) is None
+
+
+def test_connections_by_memory_keep_a_1_gb_pi_alive() -> None:
+    assert limits.memory_connection_limit(1 << 30) == 16_384  # half of 1 GiB, 32 KiB each
+    assert limits.memory_connection_limit(1 << 30, workers=4) == 4_096
+    assert limits.memory_connection_limit(None) is None
+    assert limits.memory_connection_limit(4096) == 1

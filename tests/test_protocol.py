@@ -13,8 +13,12 @@ import struct
 
 import pytest
 
+from webscale.budget import MemoryBudget
 from webscale.http import Response
 from webscale.protocol import (
+    BACKLOG,
+    EVENTS_PER_CALL,
+    FRAGMENT_OVERHEAD,
     Closed,
     Event,
     HandshakeFailed,
@@ -153,24 +157,41 @@ def test_peer_close_is_echoed_and_closes(split: bool) -> None:
 
 
 @both
-def test_message_over_limit_closes_1009(split: bool) -> None:
+def test_message_over_limit_fails_1009(split: bool) -> None:
     proto = opened(ProtocolLimits(max_message_size=10))
-    assert feed(proto, masked_frame(0x1, b"x" * 11), split) == []
+    assert feed(proto, masked_frame(0x1, b"x" * 11), split) == [
+        Closed(1009, "message too big", False)]
+    assert proto.phase is Phase.FAILING  # replies to earlier messages go first
+    assert proto.data_to_send() == b""
+    proto.fail_now()
     assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1009) + b"message too big")
-    assert proto.phase is Phase.CLOSING
     assert proto.local_close_code == 1009
-    # The peer's close reply completes the handshake.
-    assert proto.receive_data(masked_frame(0x8, struct.pack("!H", 1009))) == [
-        Closed(1009, "", False)]
-    assert proto.transport_should_close
+    assert proto.transport_should_close  # failed: no waiting for the peer's reply
 
 
 @both
-def test_fragments_over_limit_close_1009(split: bool) -> None:
+def test_message_at_the_limit_is_accepted(split: bool) -> None:
     proto = opened(ProtocolLimits(max_message_size=10))
-    data = masked_frame(0x1, b"x" * 6, fin=False) + masked_frame(0x0, b"y" * 6)
-    assert feed(proto, data, split) == []
+    assert feed(proto, masked_frame(0x1, b"x" * 10), split) == [MessageReceived("x" * 10)]
+
+
+@both
+def test_fragments_over_limit_fail_1009(split: bool) -> None:
+    proto = opened(ProtocolLimits(max_message_size=200))
+    data = masked_frame(0x1, b"x" * 150, fin=False) + masked_frame(0x0, b"y" * 51)
+    assert feed(proto, data, split) == [Closed(1009, "message too big", False)]
     assert proto.local_close_code == 1009
+
+
+@both
+def test_each_frame_before_the_last_costs_the_fragment_overhead(split: bool) -> None:
+    # 120 bytes of payload in two frames: 120 + 64 fits 184, not 183.
+    data = masked_frame(0x1, b"x" * 60, fin=False) + masked_frame(0x0, b"y" * 60)
+    assert feed(opened(ProtocolLimits(max_message_size=184)), data, split) == [
+        MessageReceived("x" * 60 + "y" * 60)]
+    assert feed(opened(ProtocolLimits(max_message_size=183)), data, split) == [
+        Closed(1009, "message too big", False)]
+    assert FRAGMENT_OVERHEAD == 64
 
 
 def test_invalid_utf8_closes_1007() -> None:
@@ -383,3 +404,144 @@ def test_invalid_utf8_in_a_fragment_closes_1007() -> None:
     proto = opened()
     events = proto.receive_data(masked_frame(0x1, b"ok", fin=False) + masked_frame(0x0, b"\xff"))
     assert [(type(e), e.code) for e in events] == [(Closed, 1007)]  # type: ignore[union-attr]
+# -- the upgrade, parsed strictly (RFC 6455 §4.2.1, RFC 9112) ------------------------------------
+def _upgrade_with(request_line: bytes = b"GET /chat HTTP/1.1", extra: bytes = b"",
+                  key: bytes = KEY) -> bytes:
+    return (request_line + b"\r\nHost: server.example.com\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+            b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n")
+
+
+IMPROPER_UPGRADES = {
+    "HTTP/1.0": _upgrade_with(b"GET /chat HTTP/1.0"),
+    "POST": _upgrade_with(b"POST /chat HTTP/1.1"),
+    "absolute-form target": _upgrade_with(b"GET http://server.example.com/chat HTTP/1.1"),
+    "asterisk-form target": _upgrade_with(b"GET * HTTP/1.1"),
+    "Content-Length": _upgrade_with(extra=b"Content-Length: 6\r\n"),
+    "Transfer-Encoding": _upgrade_with(extra=b"Transfer-Encoding: chunked\r\n"),
+    "Transfer-Encoding and Content-Length": _upgrade_with(
+        extra=b"Transfer-Encoding: chunked\r\nContent-Length: 6\r\n"),
+    "key not base64": _upgrade_with(key=b"not base64 at all!!!!!!="),
+    "key of 15 bytes": _upgrade_with(key=base64.b64encode(b"x" * 15)),
+    "key of 17 bytes": _upgrade_with(key=base64.b64encode(b"x" * 17)),
+    "two keys": _upgrade_with(extra=b"Sec-WebSocket-Key: " + KEY + b"\r\n"),
+    "obs-fold": _upgrade_with(extra=b"X-Folded: one\r\n two\r\n"),
+    "bare LF": _upgrade_with().replace(b"Upgrade: websocket\r\n", b"Upgrade: websocket\n"),
+    "all bare LF": _upgrade_with().replace(b"\r\n", b"\n"),
+}
+
+
+@both
+@pytest.mark.parametrize("name", list(IMPROPER_UPGRADES))
+def test_improper_upgrade_gets_400(name: str, split: bool) -> None:
+    proto = ServerProtocol(ProtocolLimits())
+    # A ping frame as the "body": it must never be read as one (no pong).
+    events = feed(proto, IMPROPER_UPGRADES[name] + masked_frame(0x9, b"body"), split)
+    assert [type(e) for e in events] == [HandshakeFailed], events
+    assert events[0].status == 400  # type: ignore[union-attr]
+    answer = proto.data_to_send()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"\x8a" not in answer
+    assert proto.transport_should_close
+
+
+@both
+def test_proper_upgrades_still_open(split: bool) -> None:
+    for request in (_upgrade_with(extra=b"Content-Length: 0\r\n"),
+                    _upgrade_with(b"GET /chat?site=7&x=%20 HTTP/1.1"),
+                    _upgrade_with(key=base64.b64encode(os.urandom(16)))):
+        proto = ServerProtocol(ProtocolLimits())
+        assert summary(feed(proto, request, split))[0][2] is True
+        assert proto.phase is Phase.UPGRADE_PENDING
+
+
+def test_plain_http_1_0_requests_are_still_answered() -> None:
+    # Load balancers' health checks (HAProxy's httpchk) speak HTTP/1.0.
+    proto = ServerProtocol(ProtocolLimits())
+    assert summary(proto.receive_data(b"GET /healthz HTTP/1.0\r\n\r\n")) == [
+        ("GET", "/healthz", False)]
+
+
+# -- limits in bytes ------------------------------------------------------------------------------
+@both
+def test_text_is_measured_in_encoded_bytes(split: bool) -> None:
+    emoji = "\U0001f600"  # four bytes in UTF-8
+    proto = opened(ProtocolLimits(max_message_size=400))
+    assert feed(proto, masked_frame(0x1, (emoji * 100).encode()), split) == [
+        MessageReceived(emoji * 100)]
+    proto = opened(ProtocolLimits(max_message_size=400))
+    assert feed(proto, masked_frame(0x1, (emoji * 101).encode()), split) == [
+        Closed(1009, "message too big", False)]  # 101 characters, 404 bytes
+
+
+def test_fragmented_text_is_measured_in_encoded_bytes() -> None:
+    proto = opened(ProtocolLimits(max_message_size=800))
+    piece = ("\u00e9" * 200).encode()  # 200 characters, 400 bytes
+    assert proto.receive_data(masked_frame(0x1, piece, fin=False)) == []
+    assert proto.partial_bytes == 400 + FRAGMENT_OVERHEAD
+    assert proto.receive_data(masked_frame(0x0, piece)) == [
+        Closed(1009, "message too big", False)]  # 864 bytes; its 400 characters would fit
+
+
+def all_events(proto: ServerProtocol, data: bytes) -> tuple[list[Event], int]:
+    """Feed `data`, then parse the backlog until none is left: the events, and the calls."""
+    events = proto.receive_data(data)
+    calls = 1
+    while events and events[-1] is BACKLOG:
+        events = events[:-1] + proto.parse_backlog()
+        calls += 1
+    return events, calls
+
+
+def test_tiny_fragments_reach_the_cap() -> None:
+    proto = opened(ProtocolLimits(max_message_size=64 * 1024))
+    fragment = masked_frame(0x0, b"ab", fin=False)
+    events, calls = all_events(proto, masked_frame(0x2, b"ab", fin=False) + fragment * 1100)
+    assert events == [Closed(1009, "message too big", False)]
+    # 64 KiB / (2 + 64): the cap is reached after 993 fragments, not 32,768.
+    assert calls == 993 // EVENTS_PER_CALL + 1
+
+
+def test_many_frames_in_one_read_are_parsed_a_hundred_or_so_at_a_time() -> None:
+    proto = opened()
+    events = proto.receive_data(masked_frame(0x1, b"m") * 300 + masked_frame(0x9, b"p"))
+    assert events == [MessageReceived("m")] * EVENTS_PER_CALL + [BACKLOG]
+    assert proto.backlog
+    assert proto.parse_backlog() == [MessageReceived("m")] * EVENTS_PER_CALL + [BACKLOG]
+    assert proto.parse_backlog() == [MessageReceived("m")] * (300 - 2 * EVENTS_PER_CALL)
+    assert not proto.backlog and proto.data_to_send() == b"\x8a\x01p"  # the ping, answered
+    assert proto.parse_backlog() == []
+
+
+def test_zero_length_fragments_reach_the_cap_and_nothing_after_is_parsed() -> None:
+    proto = opened(ProtocolLimits(max_message_size=64 * 1024))
+    empty = masked_frame(0x0, b"", fin=False)
+    data = masked_frame(0x2, b"", fin=False) + empty * 2000 + masked_frame(0x9, b"after")
+    assert all_events(proto, data)[0] == [Closed(1009, "message too big", False)]
+    assert proto.data_to_send() == b""  # the ping after the refusal was never parsed
+    assert proto.receive_data(masked_frame(0x9, b"later")) == []
+    proto.fail_now()
+    assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1009) + b"message too big")
+
+
+@both
+def test_one_frame_in_many_reads_is_charged_only_its_bytes(split: bool) -> None:
+    proto = opened(ProtocolLimits(max_message_size=1000))
+    assert feed(proto, masked_frame(0x2, b"m" * 1000), split) == [MessageReceived(b"m" * 1000)]
+
+
+def test_a_partial_message_is_charged_to_the_budget_and_given_back() -> None:
+    budget = MemoryBudget(10_000)
+    proto = ServerProtocol(ProtocolLimits(), 1, budget)
+    proto.receive_data(UPGRADE)
+    proto.accept_upgrade()
+    assert proto.receive_data(masked_frame(0x2, b"a" * 3000, fin=False)) == []
+    assert budget.used == 3000 + FRAGMENT_OVERHEAD and not budget.over
+    assert proto.receive_data(masked_frame(0x0, b"b" * 7000, fin=False)) == []
+    assert budget.used == 10_000 + 2 * FRAGMENT_OVERHEAD and budget.over
+    assert proto.receive_data(masked_frame(0x0, b"c")) == [
+        MessageReceived(b"a" * 3000 + b"b" * 7000 + b"c")]
+    assert budget.used == 0  # the dispatcher charges the complete message from here
+    proto.receive_data(masked_frame(0x2, b"d" * 500, fin=False))
+    assert budget.used == 500 + FRAGMENT_OVERHEAD
+    proto.abort()
+    assert budget.used == 0 and proto.partial_bytes == 0

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from .api import serve
 from .config import Config
-from .errors import ConfigError, DecodeError, Reject, WebscaleError
+from .errors import ConfigError, DecodeError, Reject, SendTimeout, WebscaleError
 from .handle import ConnectionHandle
 from .http import Headers, PeerCertificate, Request, Response
 
 __all__ = ["Config", "ConfigError", "ConnectionHandle", "DecodeError", "Headers",
-           "PeerCertificate", "Reject", "Request", "Response", "WebscaleError", "serve"]
+           "PeerCertificate", "Reject", "Request", "Response", "SendTimeout", "WebscaleError",
+           "serve"]

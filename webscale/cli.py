@@ -54,9 +54,11 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     add("--invalid-json", choices=["keep", "close"], default=d.invalid_json,
         help="on a message that fails to decode: count it and keep the connection, or also "
              "close it with 1007 (default: %(default)s)")
-    add("--max-message-size", type=int, default=d.max_message_size,
-        help="bytes; larger messages close the connection with 1009 (default: %(default)s)")
-    add("--max-header-bytes", type=int, default=d.max_header_bytes,
+    add("--max-message-size", type=byte_size, default=d.max_message_size,
+        help="bytes as sent (text encoded, inflated with deflate), plus 64 for each frame "
+             "before a message's last; larger messages fail the connection with 1009; sizes "
+             "take KiB, MiB, GiB (default: %(default)s)")
+    add("--max-header-bytes", type=byte_size, default=d.max_header_bytes,
         help="request head limit; larger gets 431 (default: %(default)s)")
     add("--max-headers", type=int, default=d.max_headers,
         help="request header count limit; more gets 431 (default: %(default)s)")
@@ -72,7 +74,8 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="seconds to wait for the peer's close frame (default: %(default)s)")
     add("--max-connections", type=int, default=d.max_connections,
         help="concurrent connections; beyond it upgrades get 503 (default: the open-files limit "
-             "less 64)")
+             "less 64, or what half of memory holds at 32 KiB a connection if fewer: 16384 on "
+             "a 1 GB Raspberry Pi 4)")
     add("--max-handshaking", type=int, default=d.max_handshaking,
         help="connections still in their handshake (PROXY header, TLS, upgrade); past it the "
              "oldest of them is dropped for a new one (default: a quarter of --max-connections, "
@@ -104,10 +107,23 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
              "(default: %(default)s)")
     add("--max-in-flight-total", type=int, default=d.max_in_flight_total,
         help="messages queued for the pool in all before reading pauses (default: %(default)s)")
-    add("--outbound-limit-bytes", type=int, default=d.outbound_limit_bytes,
-        help="bytes queued for a client that does not read before it is closed with 1008 "
+    add("--max-in-flight-bytes-per-connection", type=byte_size,
+        default=d.max_in_flight_bytes_per_connection,
+        help="bytes of messages queued for the pool per connection before reading pauses "
              "(default: %(default)s)")
-    add("--read-chunk-bytes", type=int, default=d.read_chunk_bytes,
+    add("--max-buffered-bytes", type=byte_size, default=d.max_buffered_bytes,
+        help="memory budget for everything buffered for clients (partial messages, queued "
+             "messages, queued replies, inflated data); past it connections stop being read and "
+             "those holding the most are closed if it does not recover; split between --workers "
+             "(default: a quarter of memory)")
+    add("--outbound-limit-bytes", type=byte_size, default=d.outbound_limit_bytes,
+        help="high-water mark of replies queued for a client: handle.send(timeout=...) waits "
+             "over it, and a client must take this much every --slow-reader-timeout seconds "
+             "while over it or be closed with 1008 (default: %(default)s)")
+    add("--slow-reader-timeout", type=float, default=d.slow_reader_timeout,
+        help="seconds a client with more than --outbound-limit-bytes queued has to take at "
+             "least that much (default: %(default)s)")
+    add("--read-chunk-bytes", type=byte_size, default=d.read_chunk_bytes,
         help="bytes per recv (default: %(default)s)")
     add("--backlog", type=int, default=d.backlog, help="listen backlog (default: %(default)s)")
     add("--compression", choices=["off", "deflate"], default=d.compression,
@@ -122,6 +138,24 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
              "restarted (default: %(default)s)")
     add("--log-level", default=d.log_level,
         choices=["debug", "info", "warning", "error"], help="(default: %(default)s)")
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2,
+          "mib": 1 << 20, "g": 1000**3, "gb": 1000**3, "gib": 1 << 30}
+
+
+def byte_size(value: str) -> int:
+    """A number of bytes: 1048576, 1MiB, 512KiB, 20MB (decimal), 1.5GiB."""
+    text = value.strip().lower().replace(" ", "").replace("_", "")
+    number = text.rstrip("kmgib")
+    unit = text[len(number):]
+    try:
+        if unit not in _UNITS:
+            raise ValueError(unit)
+        return int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size (e.g. 1048576, 1MiB, "
+                                         f"512KiB)") from None
 
 
 def available_cores() -> int:

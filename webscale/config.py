@@ -72,8 +72,8 @@ class Config:
     decode: DecodeMode = "json"
     # Invalid JSON is always counted; "close" also closes that connection with 1007.
     invalid_json: InvalidJsonPolicy = "keep"
-    # 1 MiB, as websockets' default: 100x the workload's message, small enough that 10,000
-    # clients cannot pin 10 GiB with half-sent messages.
+    # 1 MiB, as websockets' default: 100x the workload's message. Bytes as sent (text encoded,
+    # inflated with deflate), plus 64 for each frame before a message's last (protocol.py).
     max_message_size: int = 1 << 20
     # 16 KiB of request head and 100 headers, as h11 and nginx (large_client_header_buffers) allow.
     max_header_bytes: int = 16 * 1024
@@ -122,8 +122,21 @@ class Config:
     # the loop stops reading that connection (TCP backpressure), so memory stays bounded.
     max_in_flight_per_connection: int = 64
     max_in_flight_total: int = 8192
-    # Replies queued for a client that does not read; beyond it the client is closed (1008).
+    # The same bound in bytes: four messages at the default --max-message-size, 400 of the
+    # workload's. In all, messages are bounded by --max-buffered-bytes.
+    max_in_flight_bytes_per_connection: int = 4 << 20
+    # Everything buffered for clients (partial messages, mailboxes and the pool, queued replies,
+    # inflated data; budget.py). None: a quarter of memory (256 MiB on a 1 GB Raspberry Pi 4),
+    # split between --workers. Past it connections stop being read, and if it does not recover
+    # within half a second those holding the most are closed.
+    max_buffered_bytes: int | None = None
+    # The high-water mark of a client's queued replies: over it, handle.send(timeout=...) waits,
+    # and the client must take at least this much every --slow-reader-timeout seconds or it is
+    # closed (1008). One reply bigger than this does not make a reader slow.
     outbound_limit_bytes: int = 1 << 20
+    # 10 s: a client on a 1 Mbit/s uplink drains 1 MiB in 8 s; a dead one is found well before
+    # the keepalive's 40 s.
+    slow_reader_timeout: float = 10.0
     # Bytes read per recv; a TLS record is at most 16 KiB of plaintext, so 64 KiB covers several
     # plain-socket messages per call without holding large buffers.
     read_chunk_bytes: int = 64 * 1024
@@ -147,12 +160,13 @@ class Config:
             raise ConfigError(f"--port {self.port} is not a TCP port")
         positive = ("threads", "max_message_size", "max_header_bytes", "max_headers",
                     "max_in_flight_per_connection", "max_in_flight_total",
-                    "outbound_limit_bytes", "read_chunk_bytes", "backlog", "workers")
+                    "max_in_flight_bytes_per_connection", "outbound_limit_bytes",
+                    "read_chunk_bytes", "backlog", "workers")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         non_negative = ("ping_interval", "ping_timeout", "idle_timeout", "close_timeout",
-                        "shutdown_timeout", "drain_grace", "batch_linger")
+                        "shutdown_timeout", "drain_grace", "batch_linger", "slow_reader_timeout")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
@@ -166,6 +180,8 @@ class Config:
                               "heartbeat once a second)")
         if self.max_connections is not None and self.max_connections <= 0:
             raise ConfigError("--max-connections must be positive")
+        if self.max_buffered_bytes is not None and self.max_buffered_bytes <= 0:
+            raise ConfigError("--max-buffered-bytes must be positive")
         if self.tls and (self.cert is None) != (self.key is None):
             raise ConfigError("--cert and --key go together")
         for path in (self.cert, self.key):

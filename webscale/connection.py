@@ -16,6 +16,17 @@ that life. The socket is registered for exactly what the connection waits for: R
 reading is paused (backpressure, or an upgrade waiting for its decision), WRITE only while the
 outbound buffer is non-empty (or TLS needs it). Timers bound the handshake, detect dead peers
 (ping/pong) and idle ones, and bound the close handshake.
+
+Replies queue in `out` when the client reads slower than handlers write. One big reply is not a
+slow reader: a client is judged by what it fails to drain over time. While more than
+--outbound-limit-bytes are queued, it must take at least that many bytes every
+--slow-reader-timeout seconds; one that does not is closed with 1008, its queued replies dropped
+(all but the one already on its way) so that the close frame reaches it next. Handlers that would
+rather wait than overrun a client use `handle.send(data, timeout=...)`, which waits while the
+queue is over its high-water mark (`notify_when_drained`). What is queued is charged to the
+server's memory budget (budget.py) after each flush, and a connection holding a partial message
+while that budget is over is held (not read) until it recovers, or closed by the budget's guard
+(`shed`).
 """
 
 from __future__ import annotations
@@ -25,13 +36,16 @@ import errno
 import logging
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import tls
+from .budget import MemoryBudget
 from .http import PeerCertificate, Request, Response
 from .loop import EVENT_READ, EVENT_WRITE, EventLoop, Timer
 from .protocol import (
+    BacklogPending,
     Closed,
     Event,
     HandshakeFailed,
@@ -41,6 +55,7 @@ from .protocol import (
     RequestReceived,
     ServerProtocol,
 )
+from .rejections import log_rejection, peer
 from .states import check_move
 from .stats import Stats
 
@@ -70,6 +85,7 @@ class ConnectionSettings:
     idle_timeout: float = 120.0
     close_timeout: float = 5.0
     outbound_limit_bytes: int = 1 << 20
+    slow_reader_timeout: float = 10.0
     read_chunk_bytes: int = 64 * 1024
 
 
@@ -102,6 +118,14 @@ class Owner(Protocol):
 # Reads per readiness event before yielding to other connections (fairness under load).
 _READS_PER_EVENT = 8
 
+# Why reading is paused (`reading_paused` is a set of these bits; truthy while any is set).
+_PAUSED_BY_DISPATCHER = 1  # its mailbox is full (dispatch.py)
+_HELD_BY_BUDGET = 2        # it holds a partial message while the memory budget is over
+_PARSING_BACKLOG = 4       # frames wait in the protocol's buffer (protocol.EVENTS_PER_CALL)
+
+# Close codes of a peer's fault (RFC 6455 §7.4.1), logged as rejections when we fail with them.
+_FAILURES = frozenset({1002, 1003, 1007, 1009})
+
 
 class Connection:
     __slots__ = ("conn_id", "loop", "sock", "address", "proto", "settings", "owner", "stats",
@@ -109,11 +133,12 @@ class Connection:
                  "write_wants_read", "reading_paused", "upgrade_pending", "websocket",
                  "handshake_timer", "keepalive_timer", "close_timer", "awaiting_pong",
                  "ping_sent_at", "last_recv", "ping_count", "close_code", "outstanding",
-                 "peer_cert")
+                 "peer_cert", "budget", "out_accounted", "sent_bytes", "drain_timer",
+                 "drain_mark", "send_waiters")
 
     def __init__(self, loop: EventLoop, sock: socket.socket, protocol: ServerProtocol,
                  settings: ConnectionSettings, owner: Owner, stats: Stats,
-                 address: Any = None) -> None:
+                 address: Any = None, budget: MemoryBudget | None = None) -> None:
         self.conn_id = protocol.conn_id
         self.loop = loop
         self.sock = sock
@@ -127,11 +152,17 @@ class Connection:
         # ~740 bytes against a list's 56, per idle connection.
         self.out: list[bytes | bytearray] = []
         self.out_bytes = 0
+        self.out_accounted = 0  # of out_bytes, what the memory budget has been charged
+        self.sent_bytes = 0     # ever taken by the socket: a slow reader's progress
+        self.budget = budget if budget is not None else MemoryBudget.unlimited()
+        self.drain_timer: Timer | None = None  # armed while out_bytes > outbound_limit_bytes
+        self.drain_mark = 0
+        self.send_waiters: list[tuple[int, threading.Event]] | None = None
         self.interest = 0
         self.tls_want: tls.Want | None = tls.Want.READ
         self.read_wants_write = False
         self.write_wants_read = False
-        self.reading_paused = False   # backpressure from the dispatcher
+        self.reading_paused = 0       # why not: _PAUSED_BY_DISPATCHER, _HELD_BY_BUDGET, ...
         self.upgrade_pending = False  # the owner is deciding an upgrade: read nothing more
         self.websocket = False        # the upgrade was accepted (a handle exists)
         # Coarse timers (loop.call_coarse): deadlines of seconds need no better than 100 ms.
@@ -177,7 +208,10 @@ class Connection:
                 self._flush()
             # (read_wants_write is served by on_writable; the flush may have closed us.)
             if not self.reading_paused and not self.upgrade_pending and not self.closed:
-                self._read()
+                if self.budget.over and self.proto.partial_bytes:
+                    self._hold_for_budget()
+                else:
+                    self._read()
         except Exception as exc:  # the boundary: one connection fails, not all
             self._fail_unexpectedly(exc)
 
@@ -272,9 +306,17 @@ class Connection:
                 self._on_closed(event)  # type: ignore[arg-type]
             elif kind is HandshakeFailed:
                 self.stats.ws_handshake_failures += 1
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("conn %d: request from %s refused %d: %s", self.conn_id,
-                                 self.address, event.status, event.reason)  # type: ignore[union-attr]
+                log_rejection(logger, "conn %d: refused a request from %s with %d: %s",
+                              self.conn_id, peer(self.address),
+                              event.status, event.reason)  # type: ignore[union-attr]
+            elif kind is BacklogPending:
+                # Many tiny frames in one read: read nothing more, parse the rest on the next
+                # turn of the loop, so that other clients are served in between.
+                if not self.reading_paused & _PARSING_BACKLOG:
+                    self._set_paused(self.reading_paused | _PARSING_BACKLOG)
+                    # call_soon from a call_soon: after this turn's readiness events and
+                    # callbacks, so a connection parses at most EVENTS_PER_CALL a turn.
+                    self.loop.call_soon(self.loop.call_soon, self._parse_backlog)
         phase = self.proto.phase
         if phase is Phase.CLOSING:
             self._arm_close_timer()
@@ -296,6 +338,23 @@ class Connection:
         self.upgrade_pending = True
         self._update_interest()
         self.owner.upgrade_requested(self, request)
+
+    def _parse_backlog(self) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.proto.parse_backlog()
+            if events:
+                self._on_events(events)
+            if self.proto.backlog and not self.closed:
+                self.loop.call_soon(self._parse_backlog)  # (we run from call_soon: next turn)
+            else:
+                self._set_paused(self.reading_paused & ~_PARSING_BACKLOG)
+            if not self.closed and (self.out or self.proto.has_output
+                                    or self.proto.phase is Phase.CLOSED):
+                self._flush()
+        except Exception as exc:  # the boundary, as in on_readable
+            self._fail_unexpectedly(exc)
 
     def accept_upgrade(self) -> None:
         """The owner accepts the pending upgrade: 101, then the WebSocket (loop thread)."""
@@ -333,7 +392,10 @@ class Connection:
 
     def _on_closed(self, event: Closed) -> None:
         self._record_close(event.code)
-        if logger.isEnabledFor(logging.DEBUG):
+        if not event.by_peer and event.code in _FAILURES:
+            log_rejection(logger, "conn %d: failing %s with %d: %s", self.conn_id,
+                          peer(self.address), event.code, event.reason)
+        elif logger.isEnabledFor(logging.DEBUG):
             logger.debug("conn %d: closed %d %r by %s", self.conn_id, event.code, event.reason,
                          "peer" if event.by_peer else "server")
 
@@ -360,25 +422,91 @@ class Connection:
                 self.write_wants_read = True
                 break
             stats.bytes_out += sent
+            self.sent_bytes += sent
             self.out_bytes -= sent
             if sent == len(chunk):
                 del out[0]
             else:
                 out[0] = chunk[sent:]
-        if self.out_bytes > self.settings.outbound_limit_bytes:
-            self._slow_consumer()
-            return
+        if self.out_bytes != self.out_accounted:
+            self._outbound_changed()
         if not out and proto.transport_should_close:
             self._close_transport()
             return
         self._update_interest()
 
-    def _slow_consumer(self) -> None:
-        logger.info("conn %d: closing a client that does not read (%d bytes queued)",
-                    self.conn_id, self.out_bytes)
+    def _outbound_changed(self) -> None:
+        """After a flush left a different amount queued: charge the budget, watch the reader,
+        wake handlers waiting for room."""
+        out_bytes = self.out_bytes
+        budget = self.budget
+        budget.used += out_bytes - self.out_accounted
+        self.out_accounted = out_bytes
+        if budget.used > budget.limit and not budget.over:
+            budget.went_over()
+        if out_bytes > self.settings.outbound_limit_bytes:
+            if budget.over and (self.proto.phase is Phase.OPEN
+                                or self.proto.phase is Phase.FAILING):
+                # No memory to wait for a slow reader with: close it now (a handler flooding
+                # a client that does not read would queue a second's worth meanwhile).
+                self.shed(1008)
+                return
+            if self.drain_timer is None:
+                self.drain_mark = self.sent_bytes
+                self.drain_timer = self.loop.call_later(self.settings.slow_reader_timeout,
+                                                        self._drain_check)
+        elif self.drain_timer is not None:
+            self.drain_timer.cancel()
+            self.drain_timer = None
+        if self.send_waiters is not None:
+            self._wake_send_waiters()
+
+    def _drain_check(self) -> None:
+        """--slow-reader-timeout after the queue went over the limit: did the client take at
+        least --outbound-limit-bytes meanwhile?"""
+        self.drain_timer = None
+        limit = self.settings.outbound_limit_bytes
+        if self.closed or self.out_bytes <= limit:
+            return
+        taken = self.sent_bytes - self.drain_mark
+        if taken >= limit:  # reading, only slower than replies come: watch the next period
+            self.drain_mark = self.sent_bytes
+            self.drain_timer = self.loop.call_later(self.settings.slow_reader_timeout,
+                                                    self._drain_check)
+            return
+        self._slow_reader(taken)
+
+    def _slow_reader(self, taken: int) -> None:
+        log_rejection(logger, "conn %d: closing a slow reader at %s with 1008: %d bytes queued, "
+                      "%d taken in %.1fs", self.conn_id, peer(self.address), self.out_bytes,
+                      taken, self.settings.slow_reader_timeout)
         self._record_close(1008)
-        self.proto.abort()
-        self._close_transport()
+        self._drop_queued_output()
+        if self.proto.phase is Phase.CLOSING:
+            return  # our close frame is queued already; the close timer bounds the wait
+        self.proto.close(1008, "slow reader")
+        self._arm_close_timer()
+        self._flush()
+
+    def _drop_queued_output(self) -> None:
+        """Drop every queued reply but the first, which may be on its way (partly sent, or
+        inside OpenSSL after a want-write): the close frame that follows then reaches the
+        client as soon as it reads that far."""
+        out = self.out
+        if len(out) > 1:
+            del out[1:]
+            self.out_bytes = len(out[0])
+
+    def _wake_send_waiters(self) -> None:
+        waiters = self.send_waiters
+        assert waiters is not None
+        out_bytes = self.out_bytes
+        still = [(level, waiter) for level, waiter in waiters if out_bytes > level]
+        if len(still) != len(waiters):
+            for level, waiter in waiters:
+                if out_bytes <= level:
+                    waiter.set()
+            self.send_waiters = still or None
 
     def _update_interest(self) -> None:
         transport = self.transport
@@ -404,14 +532,68 @@ class Connection:
 
     # -- called by the dispatcher and handles (loop thread) ----------------------------------
     def pause_reading(self, paused: bool) -> None:
-        """Backpressure: stop (or resume) reading this client."""
-        if paused == self.reading_paused or self.closed:
+        """Backpressure from the dispatcher: stop (or resume) reading this client."""
+        flags = self.reading_paused
+        self._set_paused(flags | _PAUSED_BY_DISPATCHER if paused
+                         else flags & ~_PAUSED_BY_DISPATCHER)
+
+    def _hold_for_budget(self) -> None:
+        """Over the memory budget with a partial message: read nothing until it recovers."""
+        self._set_paused(self.reading_paused | _HELD_BY_BUDGET)
+        self.budget.hold(self)
+
+    def release_budget_hold(self) -> None:
+        """The memory budget recovered: read this client again."""
+        self._set_paused(self.reading_paused & ~_HELD_BY_BUDGET)
+
+    def _set_paused(self, flags: int) -> None:
+        was = self.reading_paused
+        if flags == was or self.closed:
             return
-        self.reading_paused = paused
-        self.stats.paused_connections += 1 if paused else -1
+        self.reading_paused = flags
+        if bool(flags) == bool(was):
+            return
+        self.stats.paused_connections += 1 if flags else -1
         self._update_interest()
-        if not paused and tls.pending_plaintext(self.sock):
+        if not flags and tls.pending_plaintext(self.sock):
             self.loop.call_soon(self.on_readable)
+
+    def notify_when_drained(self, waiter: threading.Event, level: int) -> None:
+        """Set `waiter` once no more than `level` bytes are queued, or the connection closed
+        (a handle's timed send; everything it queued before is applied by now)."""
+        if self.closed or self.out_bytes <= level:
+            waiter.set()
+            return
+        if self.send_waiters is None:
+            self.send_waiters = []
+        self.send_waiters.append((level, waiter))
+
+    def shed(self, code: int) -> None:
+        """The memory budget's guard closes this client (1008/1009): what it holds is dropped,
+        reading stops, and the close frame follows the reply already on its way."""
+        if self.closed:
+            return
+        phase = self.proto.phase
+        if phase is not Phase.OPEN and phase is not Phase.FAILING:
+            # Closing already (its close frame queued behind what it holds), or not a
+            # WebSocket: let it go now.
+            self.proto.abort()
+            self._close_transport()
+            return
+        log_rejection(logger, "conn %d: closing %s with %d to recover memory: %d bytes of a "
+                      "partial message, %d queued for it", self.conn_id, peer(self.address),
+                      code, self.proto.partial_bytes, self.out_bytes)
+        self.stats.memory_sheds += 1
+        self.budget.forget(self)
+        self._record_close(code)
+        self._drop_queued_output()
+        # Failed at once, not after the replies to what came before (handlers still running
+        # for it would queue more): the close frame follows the reply already on its way.
+        self.proto.fail(code)
+        self.proto.fail_now()
+        self.proto.drop_partial()
+        self._arm_close_timer()
+        self._flush()
 
     def messages_done(self, count: int) -> None:
         """The owner finished `count` of the messages it was given (their replies are out)."""
@@ -561,7 +743,7 @@ class Connection:
                 pass
             self.interest = 0
         if self.reading_paused:
-            self.reading_paused = False
+            self.reading_paused = 0
             self.stats.paused_connections -= 1
         try:
             self.sock.close()
@@ -570,4 +752,15 @@ class Connection:
                 logger.debug("conn %d: close: %r", self.conn_id, exc)
         self.out.clear()
         self.out_bytes = 0
+        self.proto.drop_partial()
+        self.budget.used -= self.out_accounted
+        self.out_accounted = 0
+        self.budget.forget(self)
+        if self.drain_timer is not None:
+            self.drain_timer.cancel()
+            self.drain_timer = None
+        if self.send_waiters is not None:
+            for _, waiter in self.send_waiters:
+                waiter.set()
+            self.send_waiters = None
         self.owner.on_closed(self)

@@ -12,12 +12,13 @@ arrived meanwhile.
 Why units: a hand-off is a futex wake of a pool thread and two context switches (~35 us of CPU on
 a small VM, measured in benchmarks/handoff_cost.py), more than decoding a small message. So fast
 handlers are packed many messages to a unit (about 2 ms of work, from a moving average of the
-measured cost per message), and a ready message waits up to --batch-linger (10 ms) for company;
-the linger ends at the first loop iteration after it expires (the loop wakes for reads anyway),
-and a timer half a linger later bounds it when nothing else happens. A mailbox whose handler
-replied to its last batch does not linger: its client is waiting for an answer (request/response,
-an echo), while an ingesting handler's client is not. Slow handlers (a blocking database call) go
-one mailbox per unit so the pool's threads run them side by side.
+measured cost per message, and at most 256 KiB of them), and a ready message waits up to
+--batch-linger (10 ms) for company; the linger ends at the first loop iteration after it expires
+(the loop wakes for reads anyway), and a timer half a linger later bounds it when nothing else
+happens. A mailbox whose handler replied to its last batch does not linger: its client is
+waiting for an answer (request/response, an echo), while an ingesting handler's client is not.
+Slow handlers (a blocking database call) go one mailbox per unit so the pool's threads run them
+side by side.
 
 Why completions do not wake the loop: the report of a finished unit is queued with
 `call_soon_threadsafe(..., wake=False)` and applied at the loop's next wake-up (the loop's
@@ -29,21 +30,28 @@ How many units run at once: GIL-bound units (decode, fast handlers) are capped a
 no throughput and each one queued on the GIL delays the loop thread (reads, pongs). Units that
 wait on I/O lift the cap (`unit_cap.py`).
 
-Backpressure: when a mailbox holds `max_in_flight_per_connection` messages, or the dispatcher
-`max_in_flight_total`, its connection stops reading (TCP pushes back on the client) until the pool
-catches up. Nothing is dropped and no queue grows without bound.
+Backpressure: when a mailbox holds `max_in_flight_per_connection` messages or
+`max_in_flight_bytes_per_connection` bytes, or the dispatcher `max_in_flight_total` messages, or
+the server's memory budget is over and the mailbox holds more than a small allowance
+(budget.OVER_BUDGET_ALLOWANCE), its connection stops reading (TCP pushes back on the client) until
+the pool catches up. The bytes of every message are charged to the memory budget from `deliver`
+until the loop applies the unit's completion (the mailbox remembers its batch's bytes, so the pool
+thread reports nothing new). Nothing is dropped and no queue grows without bound; only the
+budget's guard may `discard` the messages of a connection it closes.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .budget import OVER_BUDGET_ALLOWANCE, MemoryBudget
 from .errors import DecodeError
 from .handle import ConnectionHandle
 from .pool import WorkerPool
@@ -59,6 +67,10 @@ Decoder = Callable[[str | bytes], Any]
 # amortise the hand-off, short enough that results flow back steadily.
 _UNIT_TARGET_SECONDS = 0.002
 _UNIT_MAX_MESSAGES = 256
+# Nor more than this many bytes of messages: large messages take long to decode and handle
+# whatever the average says, and a small message packed after them waits for all of them (a
+# handler slow on 1 MiB messages held a 10 KB one for 1.2 s behind six of them otherwise).
+_UNIT_MAX_BYTES = 256 * 1024
 # While units are in the pool, the loop sleeps at most this long, so a completion nobody
 # waits for (counts, the unit cap's bookkeeping) is applied within it.
 _COMPLETION_LATENCY = 0.02
@@ -95,13 +107,15 @@ class Mailbox:
     """One connection's messages on their way to the pool (loop thread only)."""
 
     __slots__ = ("reader", "handle", "inbox", "in_flight", "unit", "paused", "held", "closed",
-                 "interactive")
+                 "interactive", "inbox_bytes", "unit_bytes")
 
     def __init__(self, reader: Reader, handle: ConnectionHandle) -> None:
         self.reader = reader
         self.handle = handle
         self.inbox: list[str | bytes] = []
         self.in_flight = 0  # messages received and not yet handled (inbox + pool)
+        self.inbox_bytes = 0  # bytes of the inbox's messages
+        self.unit_bytes = 0   # bytes of the batch in the pool
         self.unit: _Unit | None = None  # the unit carrying its batch, while one is out
         self.paused = False  # its connection is not being read (backpressure)
         self.held = False  # ... because of the total bound: resumes with the others
@@ -139,14 +153,17 @@ class Dispatcher:
     def __init__(self, loop: Loop, stats: Stats, handler: Handler | None,
                  decode: Decoder | None, *, threads: int = 16, close_on_invalid: bool = False,
                  max_in_flight_per_connection: int = 64, max_in_flight_total: int = 8192,
-                 batch_linger: float = 0.002) -> None:
+                 max_in_flight_bytes_per_connection: int = 4 << 20,
+                 batch_linger: float = 0.002, budget: MemoryBudget | None = None) -> None:
         self.loop = loop
         self.stats = stats
         self.handler = handler
         self.decode = decode
         self.close_on_invalid = close_on_invalid
         self.per_connection_limit = max_in_flight_per_connection
+        self.per_connection_bytes = max_in_flight_bytes_per_connection
         self.total_limit = max_in_flight_total
+        self.budget = budget if budget is not None else MemoryBudget.unlimited()
         # Resume globally paused connections only when well below the bound, so they do not
         # flap between paused and reading on every unit.
         self.total_resume = max(1, max_in_flight_total * 3 // 4)
@@ -185,6 +202,14 @@ class Dispatcher:
         """One complete message from `reader` (loop thread); may pause reading it."""
         box = self._mailboxes[reader]
         box.inbox.append(data)
+        size = len(data)
+        if data.__class__ is str and not data.isascii():
+            size = sys.getsizeof(data)  # 1, 2 or 4 bytes a character: what it really holds
+        box.inbox_bytes += size
+        budget = self.budget
+        budget.used += size
+        if budget.used > budget.limit and not budget.over:
+            budget.went_over()
         box.in_flight += 1
         self.in_flight_total += 1
         unit = box.unit
@@ -193,12 +218,35 @@ class Dispatcher:
                 self._mark_ready(box)
         elif not unit.urgent:
             unit.urgent = True  # this message waits for that unit: its completion must wake us
-        if box.in_flight >= self.per_connection_limit:
+        if (box.in_flight >= self.per_connection_limit
+                or box.inbox_bytes + box.unit_bytes >= self.per_connection_bytes):
             self._pause(box)
-        elif self.in_flight_total >= self.total_limit and not box.held:
+        elif not box.held and (self.in_flight_total >= self.total_limit or (
+                budget.over and box.inbox_bytes + box.unit_bytes > OVER_BUDGET_ALLOWANCE)):
             box.held = True
             self._globally_paused.append(box)
             self._pause(box)
+
+    def queued_bytes(self, reader: Reader) -> int:
+        """Bytes of `reader`'s messages not yet given to the pool (what `discard` would free)."""
+        box = self._mailboxes.get(reader)
+        return box.inbox_bytes if box is not None else 0
+
+    def discard(self, reader: Reader) -> int:
+        """Drop `reader`'s messages not yet given to the pool (the memory budget closes it);
+        how many. Its batch in the pool still finishes."""
+        box = self._mailboxes.get(reader)
+        if box is None or not box.inbox:
+            return 0
+        dropped = len(box.inbox)
+        box.inbox.clear()
+        box.in_flight -= dropped
+        self.in_flight_total -= dropped
+        self.budget.used -= box.inbox_bytes
+        box.inbox_bytes = 0
+        self.stats.in_flight = self.in_flight_total
+        reader.messages_done(dropped)
+        return dropped
 
     def _pause(self, box: Mailbox) -> None:
         if not box.paused:
@@ -243,19 +291,23 @@ class Dispatcher:
             self._linger_timer = None
         unit = _Unit()
         count = 0
+        unit_bytes = 0
         taken = 0
         while ready:
             box = ready.popleft()
             inbox = box.inbox
             batch = tuple(inbox)
             inbox.clear()
+            box.unit_bytes = box.inbox_bytes
+            box.inbox_bytes = 0
             box.unit = unit
             unit.batches.append((box, batch))
             count += len(batch)
-            if count >= budget:
+            unit_bytes += box.unit_bytes
+            if count >= budget or unit_bytes >= _UNIT_MAX_BYTES:
                 self._submit(unit)
                 taken += count
-                count = 0
+                count = unit_bytes = 0
                 unit = _Unit()
                 if free_units is not None:
                     free_units -= 1
@@ -309,10 +361,14 @@ class Dispatcher:
         if not self._units:
             self.loop.wait_cap = None
         handled = 0
+        freed = 0
         per_connection_limit = self.per_connection_limit
+        per_connection_bytes = self.per_connection_bytes
         for box, count, close_code, replied in done.finished:
             handled += count
             box.in_flight -= count
+            freed += box.unit_bytes
+            box.unit_bytes = 0
             box.unit = None
             box.interactive = replied
             if box.inbox:
@@ -322,10 +378,12 @@ class Dispatcher:
             reader = box.reader
             if close_code:
                 reader.close(close_code, "invalid JSON")
-            if box.paused and not box.held and box.in_flight < per_connection_limit:
+            if (box.paused and not box.held and box.in_flight < per_connection_limit
+                    and box.inbox_bytes < per_connection_bytes):
                 box.paused = False
                 reader.pause_reading(False)
             reader.messages_done(count)
+        self.budget.used -= freed
         self.in_flight_total -= handled
         stats.in_flight = self.in_flight_total
         stats.messages_handled += handled
@@ -336,13 +394,22 @@ class Dispatcher:
         if handled:
             self.cost_per_message = (0.8 * self.cost_per_message
                                      + 0.2 * done.handler_seconds / handled)
-        if self._globally_paused and self.in_flight_total <= self.total_resume:
-            paused, self._globally_paused = self._globally_paused, []
-            for box in paused:
-                box.held = False
-                if box.paused and not box.closed and box.in_flight < per_connection_limit:
-                    box.paused = False
-                    box.reader.pause_reading(False)
+        if self._globally_paused:
+            self.resume_held()
+
+    def resume_held(self) -> None:
+        """Resume the connections held for the total bound or the memory budget, once both
+        allow it (after a completion, and when the budget recovers)."""
+        if (not self._globally_paused or self.in_flight_total > self.total_resume
+                or self.budget.over):
+            return
+        paused, self._globally_paused = self._globally_paused, []
+        for box in paused:
+            box.held = False
+            if (box.paused and not box.closed and box.in_flight < self.per_connection_limit
+                    and box.inbox_bytes + box.unit_bytes < self.per_connection_bytes):
+                box.paused = False
+                box.reader.pause_reading(False)
 
     @property
     def idle(self) -> bool:

@@ -5,7 +5,8 @@
     ├── StateError                  an impossible connection-state transition (a bug, never input)
     ├── DecodeError                 a message is not valid JSON or not the payload's shape
     ├── Reject                      raised by an --authorize hook: refuse the upgrade with a status
-    └── ProxyHeaderError            a PROXY protocol header is malformed or too long
+    ├── ProxyHeaderError            a PROXY protocol header is malformed or too long
+    └── SendTimeout                 handle.send(data, timeout) found the client's queue full
 
 A peer's protocol violation is not an exception here: the sans-I/O protocol turns it into a
 close code (protocol.py, RFC 6455 §7.4.1). DecodeError is counted and
@@ -67,3 +68,8 @@ class Reject(WebscaleError):
 
 class ProxyHeaderError(WebscaleError):
     """A PROXY protocol header (proxy_protocol.py) is malformed, too long or of a kind we refuse."""
+
+
+class SendTimeout(WebscaleError):
+    """`handle.send(data, timeout=...)`: the client's outbound queue stayed over its high-water
+    mark for `timeout` seconds; the message was not sent."""

@@ -1,8 +1,13 @@
-"""Open-file limits: every client connection costs one file descriptor.
+"""Open-file limits: every client connection costs one file descriptor, and some memory.
 
 Distributions start services with a soft RLIMIT_NOFILE of 1024 (systemd's default, kept low for
 select()-based programs) and a much larger hard limit. We use epoll/kqueue, so at start-up each
 process raises its soft limit to the hard one, then checks that ``--max-connections`` fits.
+
+Descriptors are not the only bound: under systemd the hard limit is often a million, and a
+connection's fixed cost is not in the memory budget (budget.py), so the default
+``--max-connections`` is also what half of memory holds at ``CONNECTION_COST`` each: 16,384 on a
+1 GB Raspberry Pi 4, whose quarter goes to the budget and the rest to the system.
 """
 
 from __future__ import annotations
@@ -15,6 +20,18 @@ logger = logging.getLogger(__name__)
 # Descriptors a process needs besides client sockets: listeners, the selector, the wake-up
 # pipe, log files, certificate reads during a reload, a few in the handler's libraries.
 DEFAULT_RESERVE = 64
+# One connection's fixed memory: ~20 KB of Python objects and OpenSSL state for an idle TLS
+# WebSocket (README: 20.1 KB measured by benchmarks/peer_table.py), the kernel's socket, and
+# room for one mid-handshake or mid-read holding more; rounded up.
+CONNECTION_COST = 32 * 1024
+
+
+def memory_connection_limit(memory: int | None, workers: int = 1) -> int | None:
+    """Connections that half of `memory` holds at CONNECTION_COST each, per worker (None when
+    the memory is not known)."""
+    if not memory:
+        return None
+    return max(1, memory // 2 // CONNECTION_COST // max(1, workers))
 
 
 def raise_nofile_limit() -> tuple[int, int]:

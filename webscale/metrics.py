@@ -45,6 +45,12 @@ _SCALARS: tuple[tuple[str, str, str, str], ...] = (
      "connections not read because of backpressure"),
     ("accept_pauses", "webscale_accept_pauses_total", "counter",
      "times accepting paused on EMFILE/ENFILE"),
+    ("buffered_bytes", "webscale_buffered_bytes", "gauge",
+     "bytes buffered for clients, charged to --max-buffered-bytes"),
+    ("max_buffered_bytes", "webscale_buffered_bytes_limit", "gauge",
+     "the memory budget (--max-buffered-bytes, this process's share)"),
+    ("memory_sheds", "webscale_memory_sheds_total", "counter",
+     "connections closed to bring the memory budget back"),
     ("uptime_seconds", "webscale_uptime_seconds", "gauge", "seconds since start"),
 )
 

@@ -7,14 +7,22 @@ a plain request with `respond()` (then the connection closes), an upgrade with `
 or `respond()` (a refusal). Until then the protocol waits in AWAITING_RESPONSE / UPGRADE_PENDING;
 bytes that came after the head are kept and fed in after the accept. A WebSocket upgrade is
 checked by a `wsproto.WSConnection` before it surfaces (a bad key or version is a 400 at once),
-which also writes the 101. From then on the WebSocket is wsproto's frame state machine,
+which also writes the 101. The head is parsed strictly (RFC 6455 §4.2.1, RFC 9112; upgrade.py):
+an upgrade is an HTTP/1.1 GET with an origin-form target, no body and a key of 16 base64 bytes,
+and no request head may use obs-fold or a bare LF; anything else is a 400. From then on the WebSocket is wsproto's frame state machine,
 `FrameProtocol` (framing, masking, fragmentation rules, UTF-8 and close-code validation,
 extensions), fed whole reads; its frames are taken in bulk and become our events directly, without
 wsproto's `Connection` wrapper: that wrapper's own OPEN/CLOSING state would be a second copy of
 our phase, and its per-frame generator and event objects cost ~2.5 us of the ~10 us a 10 KB
-message takes (benchmarks/decode_cost.py). Pings are answered here, fragments are reassembled
-under `max_message_size` (wsproto has no limit; too big closes with 1009, RFC 6455 §7.4.1), and
-the close handshake is completed with the right code. A protocol violation (wsproto's
+message takes (benchmarks/decode_cost.py). Pings are answered here. Fragments are reassembled
+under `max_message_size` (wsproto has no limit), counted in bytes as they came on the wire (text
+is measured encoded; with permessage-deflate, inflated bytes, bounded in deflate.py before they
+are made) plus `FRAGMENT_OVERHEAD` for every frame before a message's last, zero-length ones
+included: each costs parsing whatever it holds, so a message of empty fragments reaches the cap
+too instead of never. The pieces are kept in one buffer, charged to the server's memory budget
+(budget.py). Too big fails the connection with 1009 (RFC 6455 §7.4.1) and nothing more is
+parsed; at most EVENTS_PER_CALL frames are parsed per call, the rest on the loop's next turn
+(`parse_backlog`). The close handshake is completed with the right code. A protocol violation (wsproto's
 ParseFailed) parks the connection in FAILING until the pool has answered what came before it
 (`fail_now()` then sends the close frame).
 
@@ -45,9 +53,11 @@ from wsproto.frame_protocol import (
 )
 from wsproto.utilities import RemoteProtocolError
 
+from .budget import MemoryBudget
 from .deflate import NegotiatedDeflate
 from .http import REASONS, Headers, Response
 from .states import check_move
+from .upgrade import improper_upgrade, is_upgrade, malformed_head
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +129,33 @@ class HandshakeFailed:
     reason: str
 
 
-Event = RequestReceived | MessageReceived | PongReceived | Closed | HandshakeFailed
+@dataclass(frozen=True, slots=True)
+class BacklogPending:
+    """Frames are left unparsed (EVENTS_PER_CALL): feed nothing more before `parse_backlog()`."""
+
+
+BACKLOG = BacklogPending()
+
+Event = (RequestReceived | MessageReceived | PongReceived | Closed | HandshakeFailed
+         | BacklogPending)
+
+# Frames parsed per call at most. wsproto spends ~8 us on a frame whatever it holds, so one
+# 16 KiB TLS record of empty frames (2,700 of them) would hold the loop for 20 ms and eight
+# reads of them a sixth of a second; past this many (about 1 ms) the rest waits in wsproto's
+# buffer for parse_backlog(), which the connection calls on the loop's next turn.
+EVENTS_PER_CALL = 128
+
+# Charged against --max-message-size for every frame before a message's last: a frame costs
+# parsing whatever it carries, so empty and tiny fragments reach the cap too. A message in one
+# frame is charged nothing, however many reads it arrives in.
+FRAGMENT_OVERHEAD = 64
 
 _TEXT, _BINARY, _PING, _PONG, _CLOSE = (Opcode.TEXT, Opcode.BINARY, Opcode.PING, Opcode.PONG,
                                         Opcode.CLOSE)
 
 # What the peer reads in our close frame when it broke the protocol (RFC 6455 §7.4.1).
-_CLOSE_REASONS = {1002: "protocol error", 1007: "invalid message data", 1009: "message too big"}
+_CLOSE_REASONS = {1002: "protocol error", 1007: "invalid message data", 1008: "memory budget",
+                  1009: "message too big"}
 
 
 class _WholeTextDecoder(MessageDecoder):
@@ -152,21 +182,17 @@ def _frame_protocol(extensions: list[Extension]) -> FrameProtocol:
     return frames
 
 
-def _is_upgrade(request: h11.Request) -> bool:
-    for name, value in request.headers:
-        if name == b"upgrade" and value.lower() == b"websocket":
-            return True
-    return False
-
-
 class ServerProtocol:
-    __slots__ = ("limits", "phase", "_head", "_h11", "_handshake", "_ws", "_out", "_parts",
+    __slots__ = ("limits", "phase", "_head", "_h11", "_handshake", "_ws", "_out", "_partial",
                  "_part_bytes", "_discarding", "_close_code", "_pending_input", "conn_id",
-                 "extensions")
+                 "extensions", "_budget", "_deflate", "_partial_text", "backlog")
 
-    def __init__(self, limits: ProtocolLimits, conn_id: int = 0) -> None:
+    def __init__(self, limits: ProtocolLimits, conn_id: int = 0,
+                 budget: MemoryBudget | None = None) -> None:
         self.limits = limits
         self.conn_id = conn_id
+        self._budget = budget if budget is not None else MemoryBudget.unlimited()
+        self._deflate: NegotiatedDeflate | None = None
         self.phase = Phase.REQUEST_HEAD
         self._head = bytearray()
         self._h11: h11.Connection | None = h11.Connection(
@@ -174,9 +200,13 @@ class ServerProtocol:
         self._handshake: WSConnection | None = None  # only while an upgrade is pending
         self._ws: FrameProtocol | None = None
         self._out: list[bytes | bytearray] = []
-        self._parts: list[str | bytes] = []
-        self._part_bytes = 0
-        self._discarding = False
+        # The message being reassembled, as its bytes on the wire (text encoded again): one
+        # buffer, so that a piece costs no Python object however small it is.
+        self._partial: bytearray | None = None
+        self._partial_text = False
+        self._part_bytes = 0  # as charged: its bytes + FRAGMENT_OVERHEAD a frame before its last
+        self._discarding = False  # a message was refused: nothing more is collected
+        self.backlog = False  # frames left unparsed after EVENTS_PER_CALL
         self._close_code = 0
         self._pending_input = b""  # bytes after the head, fed in once the upgrade is accepted
         self.extensions: tuple[str, ...] = ()  # negotiated, for the connection's debug log
@@ -184,6 +214,14 @@ class ServerProtocol:
     # -- state ----------------------------------------------------------------------------
     def _move(self, to: Phase, why: str) -> None:
         self.phase = check_move(_ALLOWED, self.phase, to, why, self.conn_id, logger)
+        if to is Phase.FAILING or to is Phase.CLOSED:
+            self.drop_partial()
+        if to is not Phase.OPEN and self._deflate is not None:
+            # Closing or failing: inflate nothing more (a bomb sent after our close frame
+            # would otherwise still cost loop CPU), and so take no more messages.
+            self._deflate.stop()
+            self._discarding = True
+            self.drop_partial()
 
     @property
     def transport_should_close(self) -> bool:
@@ -211,6 +249,18 @@ class ServerProtocol:
     @property
     def has_output(self) -> bool:
         return bool(self._out)
+
+    @property
+    def partial_bytes(self) -> int:
+        """What the message being reassembled holds, as charged to the memory budget."""
+        return self._part_bytes
+
+    def drop_partial(self) -> None:
+        """Forget the message being reassembled and give its bytes back to the budget."""
+        if self._partial is not None:
+            self._budget.used -= self._part_bytes
+            self._part_bytes = 0
+            self._partial = None
 
     # -- input ----------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[Event]:
@@ -257,9 +307,14 @@ class ServerProtocol:
         trailing = bytes(self._h11.trailing_data[0])
         if len(self._head) - len(trailing) > self.limits.max_header_bytes:
             return [self._refuse(431, f"request head over {self.limits.max_header_bytes} bytes")]
+        problem = malformed_head(bytes(self._head[:len(self._head) - len(trailing)]))
+        if problem is None and is_upgrade(event):
+            problem = improper_upgrade(event)
+        if problem is not None:
+            return [self._refuse(400, problem)]
         received = RequestReceived(event.method.decode("latin-1"),
                                    event.target.decode("latin-1"),
-                                   Headers.from_raw(list(event.headers)), _is_upgrade(event))
+                                   Headers.from_raw(list(event.headers)), is_upgrade(event))
         if not received.upgrade:
             self._move(Phase.AWAITING_RESPONSE, "plain HTTP request")
             self._h11 = None
@@ -295,7 +350,8 @@ class ServerProtocol:
         if self.limits.compression:
             extensions.append(NegotiatedDeflate(
                 client_max_window_bits=self.limits.deflate_window_bits,
-                server_max_window_bits=self.limits.deflate_window_bits))
+                server_max_window_bits=self.limits.deflate_window_bits,
+                max_message_size=self.limits.max_message_size))
         try:
             accept = ws.send(AcceptConnection(extensions=extensions))
         except ValueError as exc:  # a deflate offer such as client_max_window_bits=abc
@@ -307,6 +363,9 @@ class ServerProtocol:
         self._ws = _frame_protocol(extensions)
         self._handshake = None
         self.extensions = tuple(ext.name for ext in extensions if ext.enabled())
+        for ext in extensions:
+            if isinstance(ext, NegotiatedDeflate) and ext.enabled():
+                self._deflate = ext
         self._move(Phase.OPEN, "upgrade accepted")
         pending, self._pending_input = self._pending_input, b""
         if not pending:
@@ -330,18 +389,34 @@ class ServerProtocol:
         self.respond(Response.text(status))
         return HandshakeFailed(status, reason)
 
+    def parse_backlog(self) -> list[Event]:
+        """Parse what a previous call left in wsproto's buffer (after BacklogPending)."""
+        if self.backlog and (self.phase is Phase.OPEN or self.phase is Phase.CLOSING):
+            return self._drain_ws_events()
+        self.backlog = False
+        return []
+
     def _drain_ws_events(self) -> list[Event]:
         ws = self._ws
         assert ws is not None
         out: list[Event] = []
+        self.backlog = False
+        parsed = 0
         try:
             for frame in ws.received_frames():
+                parsed += 1
                 opcode = frame.opcode
                 if opcode is _TEXT or opcode is _BINARY:
                     message = self._collect(cast(str | bytes, frame.payload),
-                                            frame.message_finished)
+                                            frame.frame_finished, frame.message_finished)
                     if message is not None:
                         out.append(message)
+                    elif self._discarding and self.phase is Phase.FAILING:
+                        # Refused as too big: parse nothing more (zero-length fragments cost
+                        # CPU however little they hold), fail with 1009 once earlier replies
+                        # are out.
+                        out.append(Closed(1009, "message too big", False))
+                        break
                 elif opcode is _PING:
                     if self.phase is Phase.OPEN:
                         self._out.append(ws.pong(cast(bytes, frame.payload)))
@@ -351,33 +426,77 @@ class ServerProtocol:
                     code, reason = cast(tuple[int, str], frame.payload)
                     out.append(self._on_close(code, reason))
                     break
+                if parsed >= EVENTS_PER_CALL:
+                    self.backlog = True
+                    out.append(BACKLOG)
+                    break
         except ParseFailed as exc:
             out.append(self._on_violation(exc.code, str(exc)))
         return out
 
-    def _collect(self, data: str | bytes, finished: bool) -> MessageReceived | None:
+    def _collect(self, data: str | bytes, frame_finished: bool,
+                 finished: bool) -> MessageReceived | None:
         if self._discarding or self.phase is Phase.CLOSED:
             return None
-        size = len(data) + self._part_bytes
-        if size > self.limits.max_message_size:
-            self._discarding = True
-            self._parts.clear()
-            self._part_bytes = 0
-            self.close(1009, "message too big")
-            return None
-        if finished:
-            if self._parts:
-                self._parts.append(data)
-                joined: str | bytes = ("".join(cast(list[str], self._parts))
-                                       if isinstance(data, str)
-                                       else b"".join(cast(list[bytes], self._parts)))
-                self._parts.clear()
-                self._part_bytes = 0
-                return MessageReceived(joined)
+        if self._partial is None and finished:  # the usual: one piece
+            limit = self.limits.max_message_size
+            size = len(data)
+            # Text is counted encoded, as sent; a character is 4 bytes at most, so only text
+            # longer than a quarter of the cap needs measuring.
+            if size << 2 > limit and data.__class__ is str and not data.isascii():
+                size = len(data.encode())
+            if size > limit:
+                self._too_big()
+                return None
             return MessageReceived(data)
-        self._parts.append(data)
-        self._part_bytes = size
+        return self._collect_piece(data, frame_finished, finished)
+
+    def _collect_piece(self, data: str | bytes, frame_finished: bool,
+                       finished: bool) -> MessageReceived | None:
+        """One piece of a message that came in several: frames, or reads of one frame."""
+        piece = data.encode() if isinstance(data, str) else data
+        size = len(piece)
+        held = self._part_bytes
+        total = held + size
+        if frame_finished and not finished:
+            total += FRAGMENT_OVERHEAD
+        if total > self.limits.max_message_size:
+            self._too_big()
+            return None
+        partial = self._partial
+        if partial is None:
+            partial = self._partial = bytearray()
+            self._partial_text = isinstance(data, str)
+        if size:
+            partial += piece
+        if finished:
+            self._partial = None
+            self._part_bytes = 0
+            self._budget.used -= held
+            return MessageReceived(partial.decode() if self._partial_text else bytes(partial))
+        self._part_bytes = total
+        budget = self._budget
+        budget.used += total - held
+        if budget.used > budget.limit and not budget.over:
+            budget.went_over()
         return None
+
+    def _too_big(self) -> None:
+        """Refuse the message: fail with 1009 (close() when already closing)."""
+        self.drop_partial()
+        if self.phase is Phase.OPEN:
+            self._close_code = 1009
+            self._move(Phase.FAILING, "message too big")
+        self._discarding = True
+
+    def fail(self, code: int) -> None:
+        """Fail the connection with `code` (the memory budget's 1008/1009): nothing more is
+        parsed, what it held is dropped, and the close frame goes out with fail_now()."""
+        self.drop_partial()
+        self._discarding = True
+        if self.phase is Phase.OPEN:
+            self._close_code = code
+            self._move(Phase.FAILING, f"failed with {code}")
 
     def _on_close(self, code: int, reason: str) -> Closed:
         """The peer's close frame (wsproto checked its code and reason)."""
@@ -456,5 +575,6 @@ class ServerProtocol:
             self._move(Phase.CLOSED, "abort")
 
 
-__all__ = ["Closed", "Event", "HandshakeFailed", "MessageReceived", "Phase", "PongReceived",
-           "ProtocolLimits", "RequestReceived", "ServerProtocol"]
+__all__ = ["BACKLOG", "EVENTS_PER_CALL", "BacklogPending", "Closed", "Event", "HandshakeFailed",
+           "MessageReceived", "Phase", "PongReceived", "ProtocolLimits", "RequestReceived",
+           "ServerProtocol"]

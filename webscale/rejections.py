@@ -8,6 +8,12 @@ a thousand times a second costs one line a second per reason, not a thousand (ng
 limit_req_log_level and its "delaying request" lines have the same aim).
 
 Loop thread only: no locks. Pool threads hand their outcome to the loop, which logs it.
+
+Two ways in, for two kinds of refusal. `RejectionLog` (admission: the TLS client-certificate
+check, Origin, the hook) keeps one line a second per reason. `log_rejection` (the protocol and
+the memory budget: a malformed request, a message over the cap, a slow reader, a connection shed)
+writes at most LINES_PER_SECOND lines in any second whatever they are, and the next line after a
+quiet moment says how many were left out. Both name the remote address (`format_address`).
 """
 
 from __future__ import annotations
@@ -57,3 +63,44 @@ def format_address(address: Any) -> str:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address)
+
+
+# peer(address): the name the protocol-layer callers use.
+peer = format_address
+
+
+LINES_PER_SECOND = 10
+
+
+class _Window:
+    __slots__ = ("started", "written", "suppressed")
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.written = 0
+        self.suppressed = 0
+
+
+_window = _Window()
+
+
+def log_rejection(logger: logging.Logger, fmt: str, *args: object,
+                  level: int = logging.INFO) -> bool:
+    """Log one rejection unless this second's share is spent; True when it was written."""
+    if not logger.isEnabledFor(level):
+        return False
+    window = _window
+    now = time.monotonic()
+    if now - window.started >= 1.0:
+        if window.suppressed:
+            logger.log(level, "%d more rejection(s) not logged in the last second(s)",
+                       window.suppressed)
+        window.started, window.written, window.suppressed = now, 0, 0
+    if window.written >= LINES_PER_SECOND:
+        window.suppressed += 1
+        return False
+    window.written += 1
+    logger.log(level, fmt, *args)
+    return True
+
+

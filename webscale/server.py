@@ -47,6 +47,7 @@ from .peer_limits import PerAddressLimits, Refusal, TrustedNetworks
 from .app import App, resolve
 from .admission import Admission
 from .authorize import Authorizer, OriginPolicy
+from .budget import MemoryBudget, MemoryGuard, default_max_buffered_bytes, physical_memory
 from .config import Config
 from .connection import Connection, ConnectionSettings
 from .dispatch import Decoder, Dispatcher, Handler
@@ -58,6 +59,7 @@ from .metrics import render_prometheus
 from .process import Notifier, ProcessScaffold, bind, urls
 from .protocol import ProtocolLimits, ServerProtocol
 from .snapshots import SnapshotResponder
+from .rejections import log_rejection, peer
 from .stats import Stats
 from .systemd import SystemdNotifier, listen_fds
 
@@ -118,19 +120,28 @@ class Server:
             ping_timeout=config.ping_timeout, idle_timeout=config.idle_timeout,
             close_timeout=config.close_timeout,
             outbound_limit_bytes=config.outbound_limit_bytes,
+            slow_reader_timeout=config.slow_reader_timeout,
             read_chunk_bytes=config.read_chunk_bytes)
         self.ssl_context = self._make_ssl_context() if config.tls else None
+        # One budget per process: --max-buffered-bytes is shared out between the workers.
+        self.budget = MemoryBudget(max(1, (config.max_buffered_bytes
+                                           or default_max_buffered_bytes()) // config.workers))
         self.dispatcher = Dispatcher(
             self.loop, self.stats, handler, decode, threads=config.threads,
             close_on_invalid=config.invalid_json == "close",
             max_in_flight_per_connection=config.max_in_flight_per_connection,
-            max_in_flight_total=config.max_in_flight_total, batch_linger=config.batch_linger)
+            max_in_flight_total=config.max_in_flight_total,
+            max_in_flight_bytes_per_connection=config.max_in_flight_bytes_per_connection,
+            batch_linger=config.batch_linger, budget=self.budget)
+        self.memory_guard = MemoryGuard(self.budget, self.loop, self._memory_holders,
+                                        self._shed, on_recovered=[self.dispatcher.resume_held])
         self.admission = Admission(self.loop, self.dispatcher.pool, self.stats, admit=self._admit,
                                    origins=OriginPolicy(config.allowed_origin),
                                    authorizer=authorize,
                                    handshake_timeout=config.handshake_timeout)
         self.on_message = self.dispatcher.deliver  # type: ignore[method-assign, assignment]
-        self.max_connections = config.max_connections or _default_max_connections()
+        self.max_connections = config.max_connections or _default_max_connections(
+            config.workers)
         self.max_handshaking = (config.max_handshaking
                                 or default_max_handshaking(self.max_connections))
         self.connections: dict[int, Connection] = {}
@@ -191,8 +202,9 @@ class Server:
                                                         self.snapshot)
             self.snapshot_responder.start()
         logger.info("serving %s: max %d connections (%d handshaking), %d pool threads, %s "
-                    "poller", ", ".join(self.urls()), self.max_connections,
-                    self.max_handshaking, self.config.threads, self.loop.poller_name)
+                    "poller, %d MiB memory budget", ", ".join(self.urls()), self.max_connections,
+                    self.max_handshaking, self.config.threads, self.loop.poller_name,
+                    self.budget.limit >> 20)
         self.notifier.ready(self.status_text())
         self.scaffold.start_reporting()
         self.scaffold.healthy = self._still_supervised
@@ -244,8 +256,9 @@ class Server:
             sock.close()
             return None
         conn_id = next(self._ids)
-        conn = Connection(self.loop, wrapped, ServerProtocol(self.protocol_limits, conn_id),
-                          self.settings, self, self.stats, address)
+        conn = Connection(self.loop, wrapped,
+                          ServerProtocol(self.protocol_limits, conn_id, self.budget),
+                          self.settings, self, self.stats, address, self.budget)
         self.connections[conn_id] = conn
         self.stats.connections_open = len(self.connections)
         conn.start()
@@ -278,6 +291,10 @@ class Server:
             # Over the limit only upgrades are refused: /healthz stays answerable.
             self.gate.count_refusal(Refusal.DRAINING if self._draining
                                     else Refusal.MAX_CONNECTIONS, conn.address)
+            if not self._draining:
+                log_rejection(logger, "conn %d: refused an upgrade from %s with 503: %d "
+                              "WebSockets open (--max-connections %d)", conn.conn_id,
+                              peer(conn.address), self.websockets, self.max_connections)
             conn.respond(Response.text(503))
             return
         self.admission.check(conn, request)
@@ -289,7 +306,7 @@ class Server:
             conn.respond(Response.text(503))
             return
         handle = ConnectionHandle(self.loop, conn, conn.conn_id, conn.address, conn.peer_cert,
-                                  identity)
+                                  identity, high_water=self.settings.outbound_limit_bytes)
         self.dispatcher.open(conn, handle)
         conn.accept_upgrade()
         if conn.websocket:
@@ -314,6 +331,16 @@ class Server:
         self.gate.closed(conn)
         self.dispatcher.close(conn)
 
+    # -- the memory budget's guard ----------------------------------------------------------
+    def _memory_holders(self) -> list[tuple[Connection, int, int]]:
+        queued = self.dispatcher.queued_bytes
+        return [(conn, conn.proto.partial_bytes, conn.out_accounted + queued(conn))
+                for conn in self.connections.values()]
+
+    def _shed(self, conn: Connection, code: int) -> None:
+        self.dispatcher.discard(conn)
+        conn.shed(code)
+
     # -- routes.StatusView ------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
@@ -326,6 +353,8 @@ class Server:
             snap["per_address_tracked"] = {"connections": connections, "buckets": buckets}
         snap["uptime_seconds"] = time.time() - self.stats.started_at
         snap["max_connections"] = self.max_connections
+        snap["buffered_bytes"] = self.budget.used
+        snap["max_buffered_bytes"] = self.budget.limit
         snap["pid"] = os.getpid()
         snap["worker"] = self.worker_id
         return snap
@@ -436,6 +465,7 @@ class Server:
                     pass
                 listener.sock.close()
         graceful = self.exit_code == 0 and self.dispatcher.idle
+        self.memory_guard.cancel()
         self.dispatcher.shutdown(wait=graceful)
         self.loop.close()
 
@@ -445,17 +475,20 @@ def default_max_handshaking(max_connections: int) -> int:
     return max(min(64, max_connections), max_connections // 4)
 
 
-def _default_max_connections() -> int:
-    """The open-files limit (read after run() raised it) less limits.DEFAULT_RESERVE."""
+def _default_max_connections(workers: int = 1) -> int:
+    """The open-files limit (read after run() raised it) less limits.DEFAULT_RESERVE, or what
+    half of memory holds (limits.memory_connection_limit) if that is fewer."""
+    by_memory = limits.memory_connection_limit(physical_memory(), workers)
     try:
         import resource
 
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (ImportError, ValueError, OSError):
-        return 1000
-    if soft == resource.RLIM_INFINITY:
-        return 100_000
-    return max(1, soft - limits.DEFAULT_RESERVE)
+        by_files = 1000
+    else:
+        by_files = (100_000 if soft == resource.RLIM_INFINITY
+                    else max(1, soft - limits.DEFAULT_RESERVE))
+    return by_files if by_memory is None else min(by_files, by_memory)
 
 
 def run(config: Config, *, app: App | None = None,

@@ -57,7 +57,8 @@ class Stats:
                  "messages_received", "messages_decoded", "messages_handled",
                  "decode_errors", "handler_errors", "bytes_in", "bytes_out", "messages_out",
                  "in_flight", "pool_queue_depth", "pool_gil_bound", "paused_connections",
-                 "accept_pauses", "closes_by_code", "handler_seconds", "loop_lag_seconds",
+                 "accept_pauses", "memory_sheds", "closes_by_code", "handler_seconds",
+                 "loop_lag_seconds",
                  "started_at")
 
     def __init__(self, started_at: float = 0.0) -> None:
@@ -90,6 +91,7 @@ class Stats:
         self.pool_gil_bound = 1
         self.paused_connections = 0
         self.accept_pauses = 0
+        self.memory_sheds = 0  # connections closed for the memory budget (budget.py)
         self.closes_by_code: Counter[int] = Counter()
         self.handler_seconds = Histogram(HANDLER_BOUNDS)
         self.loop_lag_seconds = Histogram(LOOP_LAG_BOUNDS)

@@ -245,7 +245,7 @@ install_env_file() {
 # every address (or the Pi's LAN address), with a firewall rule (deploy/rpi/README.md, Metrics):
 #   WEBSCALE_OPTS=--admin 0.0.0.0:8442
 # Memory for buffered messages, all connections together; the default, a quarter of the RAM,
-# is what the unit's MemoryMax= arithmetic assumes (after the memory-budget change lands):
+# is what the unit's MemoryMax= arithmetic assumes:
 #   WEBSCALE_OPTS=--max-buffered-bytes 268435456
 # --port 443 also needs the capability drop-in in deploy/rpi/README.md ("Port 443"); without it
 # the bind fails with "Permission denied". install.sh --socket is the other way.
