@@ -204,6 +204,9 @@ def test_ingesting_mailboxes_linger_and_answering_ones_do_not(loop: FakeLoop) ->
         d.flush()
         assert d._units == {}
     finally:
+        d.shutdown(wait=True)
+
+
 def test_mailboxes_are_bounded_in_bytes_and_charged_to_the_budget(loop: FakeLoop) -> None:
     gate = threading.Event()
     budget = MemoryBudget(1 << 30)

@@ -1,30 +1,32 @@
 """The server side of one connection, sans-I/O: bytes in, events and bytes out.
 
 How this works: a connection starts in REQUEST_HEAD. Bytes are buffered until h11 has parsed a
-complete request head within `max_header_bytes` and `max_headers` (else 431, or 400 for a
-malformed head). The head surfaces as `RequestReceived` and the connection's owner answers it:
-a plain request with `respond()` (then the connection closes), an upgrade with `accept_upgrade()`
-or `respond()` (a refusal). Until then the protocol waits in AWAITING_RESPONSE / UPGRADE_PENDING;
-bytes that came after the head are kept and fed in after the accept. A WebSocket upgrade is
-checked by a `wsproto.WSConnection` before it surfaces (a bad key or version is a 400 at once),
-which also writes the 101. The head is parsed strictly (RFC 6455 §4.2.1, RFC 9112; upgrade.py):
-an upgrade is an HTTP/1.1 GET with an origin-form target, no body and a key of 16 base64 bytes,
-and no request head may use obs-fold or a bare LF; anything else is a 400. From then on the WebSocket is wsproto's frame state machine,
-`FrameProtocol` (framing, masking, fragmentation rules, UTF-8 and close-code validation,
+complete request head within `max_header_bytes` and `max_headers` (else 431, or 400 for a malformed
+head). The head surfaces as `RequestReceived` and the connection's owner answers it: a plain
+request with `respond()` (then the connection closes), an upgrade with `accept_upgrade()` or
+`respond()` (a refusal). Until then the protocol waits in AWAITING_RESPONSE / UPGRADE_PENDING;
+bytes that came after the head are kept and fed in after the accept. A WebSocket upgrade is checked
+by a `wsproto.WSConnection` before it surfaces (a bad key or version is a 400 at once), which also
+writes the 101.
+
+The head is parsed strictly (RFC 6455 §4.2.1, RFC 9112; upgrade.py): an upgrade is an HTTP/1.1 GET
+with an origin-form target, no body and a key of 16 base64 bytes, and no request head may use obs-
+fold or a bare LF; anything else is a 400. From then on the WebSocket is wsproto's frame state
+machine, `FrameProtocol` (framing, masking, fragmentation rules, UTF-8 and close-code validation,
 extensions), fed whole reads; its frames are taken in bulk and become our events directly, without
-wsproto's `Connection` wrapper: that wrapper's own OPEN/CLOSING state would be a second copy of
-our phase, and its per-frame generator and event objects cost ~2.5 us of the ~10 us a 10 KB
-message takes (benchmarks/decode_cost.py). Pings are answered here. Fragments are reassembled
-under `max_message_size` (wsproto has no limit), counted in bytes as they came on the wire (text
-is measured encoded; with permessage-deflate, inflated bytes, bounded in deflate.py before they
-are made) plus `FRAGMENT_OVERHEAD` for every frame before a message's last, zero-length ones
-included: each costs parsing whatever it holds, so a message of empty fragments reaches the cap
-too instead of never. The pieces are kept in one buffer, charged to the server's memory budget
-(budget.py). Too big fails the connection with 1009 (RFC 6455 §7.4.1) and nothing more is
-parsed; at most EVENTS_PER_CALL frames are parsed per call, the rest on the loop's next turn
-(`parse_backlog`). The close handshake is completed with the right code. A protocol violation (wsproto's
-ParseFailed) parks the connection in FAILING until the pool has answered what came before it
-(`fail_now()` then sends the close frame).
+wsproto's `Connection` wrapper: that wrapper's own OPEN/CLOSING state would be a second copy of our
+phase, and its per-frame generator and event objects cost ~2.5 us of the ~10 us a 10 KB message
+takes (benchmarks/decode_cost.py). Pings are answered here. Fragments are reassembled under
+`max_message_size` (wsproto has no limit), counted in bytes as they came on the wire (text is
+measured encoded; with permessage-deflate, inflated bytes, bounded in deflate.py before they are
+made) plus `FRAGMENT_OVERHEAD` for every frame before a message's last, zero-length ones included:
+each costs parsing whatever it holds, so a message of empty fragments reaches the cap too instead
+of never. The pieces are kept in one buffer, charged to the server's memory budget (budget.py). Too
+big fails the connection with 1009 (RFC 6455 §7.4.1) and nothing more is parsed; at most
+EVENTS_PER_CALL frames are parsed per call, the rest on the loop's next turn (`parse_backlog`). The
+close handshake is completed with the right code. A protocol violation (wsproto's ParseFailed)
+parks the connection in FAILING until the pool has answered what came before it (`fail_now()` then
+sends the close frame).
 
 This is the one state machine of a connection's HTTP and WebSocket life; the connection layer
 only tracks its transport. This module never touches sockets, threads or clocks: the connection
