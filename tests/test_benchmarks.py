@@ -46,6 +46,14 @@ def test_decode_cost_reports_every_floor(tmp_path: Path) -> None:
     assert any(name.startswith("wsproto frame parse, C unmask") for name in rows)
 
 
+def test_handoff_cost_measures_every_pool(tmp_path: Path) -> None:
+    rows = run_script(tmp_path, "handoff_cost.py", "--tasks", "50", "--rate", "2000")
+    assert set(rows) == {"inline (no pool)", "ThreadPoolExecutor, 1 idle thread",
+                         "ThreadPoolExecutor, 2 idle threads",
+                         "webscale WorkerPool, 2 idle threads"}
+    assert all(us > 0 for us in rows.values())
+
+
 def test_handshake_cost_measures_both_sides(tmp_path: Path) -> None:
     rows = run_script(tmp_path, "handshake_cost.py", "--rounds", "3")
     for setting in ("2_tickets", "0_tickets"):

@@ -9,14 +9,14 @@ gets each batch as an immutable tuple, decodes and handles the messages in order
 `UnitDone` back to the loop, which applies the counts and marks mailboxes ready again if more
 arrived meanwhile.
 
-Why units: a hand-off is a futex wake of a pool thread and two context switches (~35 us of CPU on
+Why units: a hand-off is a futex wake of a pool thread and two context switches (10-25 us of CPU on
 a small VM, measured in benchmarks/handoff_cost.py), more than decoding a small message. So fast
-handlers are packed many messages to a unit (about 2 ms of work, from a moving average of the
-measured cost per message, and at most 256 KiB of them), and a ready message waits up to
---batch-linger (10 ms) for company; the linger ends at the first loop iteration after it expires
-(the loop wakes for reads anyway), and a timer half a linger later bounds it when nothing else
-happens. A mailbox whose handler replied to its last batch does not linger: its client is
-waiting for an answer (request/response, an echo), while an ingesting handler's client is not.
+handlers are packed many messages to a unit (about 2 ms of work, from moving averages of the
+measured cost per message and per byte: a few large messages make a unit), and a ready message
+waits up to --batch-linger (10 ms) for company; the linger ends at the first loop iteration after
+it expires (the loop wakes for reads anyway), and a timer half a linger later bounds it when
+nothing else happens. A mailbox whose handler replied to its last batch does not linger: its client
+is waiting for an answer (request/response, an echo), while an ingesting handler's client is not.
 Slow handlers (a blocking database call) go one mailbox per unit so the pool's threads run them
 side by side.
 
@@ -67,10 +67,13 @@ Decoder = Callable[[str | bytes], Any]
 # amortise the hand-off, short enough that results flow back steadily.
 _UNIT_TARGET_SECONDS = 0.002
 _UNIT_MAX_MESSAGES = 256
-# Nor more than this many bytes of messages: large messages take long to decode and handle
-# whatever the average says, and a small message packed after them waits for all of them (a
-# handler slow on 1 MiB messages held a 10 KB one for 1.2 s behind six of them otherwise).
-_UNIT_MAX_BYTES = 256 * 1024
+# Nor more bytes of messages than take that long by the measured cost per byte: large messages
+# take long to decode and handle whatever the average per message says, and a small message
+# packed after them waits for all of them (a handler slow on 1 MiB messages held a 10 KB one for
+# 1.2 s behind six of them otherwise). Bounded both ways: a unit may always carry 64 KiB, and
+# never more than 4 MiB.
+_UNIT_MIN_BYTES = 64 * 1024
+_UNIT_MAX_BYTES = 4 << 20
 # While units are in the pool, the loop sleeps at most this long, so a completion nobody
 # waits for (counts, the unit cap's bookkeeping) is applied within it.
 _COMPLETION_LATENCY = 0.02
@@ -172,6 +175,8 @@ class Dispatcher:
         self.in_flight_total = 0
         # Moving average of seconds per message (decode + handler), sizing the units.
         self.cost_per_message = 0.0001
+        # ... and of seconds per byte of message: 10 ns, a 10 KB message's 100 us.
+        self.cost_per_byte = 1e-8
         self.cap = UnitCap(threads, loop.now)
         self._units: dict[int, _Unit] = {}  # seq -> unit, while in the pool
         self._cap_timer: Any = None
@@ -277,6 +282,8 @@ class Dispatcher:
         cost = self.cost_per_message
         budget = (_UNIT_MAX_MESSAGES if cost * _UNIT_MAX_MESSAGES < _UNIT_TARGET_SECONDS
                   else max(1, int(_UNIT_TARGET_SECONDS / cost)))
+        byte_budget = min(_UNIT_MAX_BYTES, max(_UNIT_MIN_BYTES,
+                                               int(_UNIT_TARGET_SECONDS / self.cost_per_byte)))
         if (not force and budget > 1 and self._ready_messages < budget
                 and not self._interactive_ready):
             waited = now - self._ready_since
@@ -304,7 +311,7 @@ class Dispatcher:
             unit.batches.append((box, batch))
             count += len(batch)
             unit_bytes += box.unit_bytes
-            if count >= budget or unit_bytes >= _UNIT_MAX_BYTES:
+            if count >= budget or unit_bytes >= byte_budget:
                 self._submit(unit)
                 taken += count
                 count = unit_bytes = 0
@@ -394,6 +401,8 @@ class Dispatcher:
         if handled:
             self.cost_per_message = (0.8 * self.cost_per_message
                                      + 0.2 * done.handler_seconds / handled)
+        if freed:
+            self.cost_per_byte = 0.8 * self.cost_per_byte + 0.2 * done.handler_seconds / freed
         if self._globally_paused:
             self.resume_held()
 
