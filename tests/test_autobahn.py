@@ -19,6 +19,7 @@ import importlib.machinery
 import importlib.util
 import re
 import subprocess
+import sys
 from types import ModuleType
 
 import pytest
@@ -30,8 +31,8 @@ SUMMARY = re.compile(r"autobahn: (\d+) cases in \d+s with compression (\w+): (.*
 
 
 def run_autobahn(*args: str, units: float) -> tuple[int, dict[str, int], str]:
-    proc = subprocess.run([str(SCRIPT), *args], check=False, capture_output=True, text=True,
-                          timeout=units * UNIT, cwd=str(ROOT))
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], check=False, capture_output=True,
+                          text=True, timeout=units * UNIT, cwd=str(ROOT))
     output = proc.stdout + proc.stderr
     match = SUMMARY.search(proc.stdout)
     assert match, output
