@@ -147,6 +147,8 @@ def median_of(points: list[dict], value: Callable[[dict], float | None]) -> tupl
                                                                                      str]:
     """The median over the runs that produced a value, and a note when most did not (a run
     with an error, say not every client connected, gives no value for any row)."""
+    if not points:
+        return None, "not run (an interrupted run, rendered with --render)"
     values = [v for v in (value(p) for p in points if "error" not in p) if v is not None]
     if values and len(values) * 2 > len(points):
         return statistics.median(values), ""
@@ -169,29 +171,34 @@ def table_rows(results: dict[str, Any], args: dict[str, Any]) \
         -> list[tuple[str, str, dict[str, tuple[float | None, str]]]]:
     """(row name, unit, {server: (median, note)}) for every row of the table."""
     servers = args["servers"]
+
+    def per_server(points: dict[str, list[dict]], value: Callable[[dict], float | None]) \
+            -> dict[str, tuple[float | None, str]]:
+        return {s: median_of(points.get(s, []), value) for s in servers}
+
+    def cpu_per_msg(p: dict) -> float | None:
+        return p.get("server_cpu_us_per_msg")
+
     rows = []
     for document, runs in results["loaded"].items():
         rows.append((f"server CPU per message, {args['cpu_clients']:,} clients ({document})",
-                     "us", {s: median_of(runs[s], lambda p: p.get("server_cpu_us_per_msg"))
-                            for s in servers}))
+                     "us", per_server(runs, cpu_per_msg)))
     for document, runs in results["low"].items():
         rows.append((f"server CPU per message, {args['low_clients']:,} clients ({document})",
-                     "us", {s: median_of(runs[s], lambda p: p.get("server_cpu_us_per_msg"))
-                            for s in servers}))
+                     "us", per_server(runs, cpu_per_msg)))
     idle = results["idle"]
     rows.append((f"server CPU at idle, {args['idle_clients']:,} clients connected",
-                 "% of a core", {s: median_of(idle[s], lambda p: p.get("server_cpu_percent"))
-                                 for s in servers}))
+                 "% of a core", per_server(idle, lambda p: p.get("server_cpu_percent"))))
     kept = {}
     for server in servers:
         best, note = most_kept_up(results["levels"].get(server, []))
         kept[server] = (float(best), note)
     rows.append((f"most clients kept up at 1 msg/s ({args['documents'][0]})", "", kept))
     rows.append(("RSS per idle TLS connection", "KB",
-                 {s: median_of(idle[s], lambda p: p.get("rss_per_conn_kb")) for s in servers}))
+                 per_server(idle, lambda p: p.get("rss_per_conn_kb"))))
     for document, runs in results["loaded"].items():
         rows.append((f"ping RTT p99 at {args['cpu_clients']:,} clients ({document})", "ms",
-                     {s: median_of(runs[s], lambda p: ping_ms(p, "p99")) for s in servers}))
+                     per_server(runs, lambda p: ping_ms(p, "p99"))))
     return rows
 
 
