@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from server_cost import SERVERS, machine_description, require_proc, run_point
 
 TITLES = {"webscale": "webscale", "twin": "asyncio twin (websockets)",
-          "picows": "picows twin (picows + uvloop)"}
+          "picows": "picows twin (picows + uvloop)",
+          "webscale-secure": "webscale, device certificates + --authorize hook"}
 DOCUMENT_CHOICES = ("telemetry", "notes")
 HIGHEST_TRIED = "kept up at the highest level tried"
 

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_client.payload import DOCUMENTS  # noqa: E402
-from webscale.certs import ensure_certs  # noqa: E402
+from webscale.certs import ensure_certs, issue_client_cert  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -104,6 +104,10 @@ def tree_rss_bytes(root: int) -> int:
 
 SERVERS = {  # name -> the module run as `python -m MODULE [ARGS]`
     "webscale": ["webscale", "serve"],
+    # The same server letting in only devices: a client certificate from the test CA required
+    # (--client-ca) and an --authorize hook (benchmarks/hooks.py). Both run once per connection,
+    # never per message: its rows next to webscale's show what they cost the hot path.
+    "webscale-secure": ["webscale", "serve"],
     "twin": ["bench_client.asyncio_twin"],
     "picows": ["bench_client.picows_twin"],
 }
@@ -206,20 +210,23 @@ def start_server(kind: str, certs: Path, extra: list[str], switch_interval: floa
                      f"sys.argv[0] = {module!r}; runpy.run_module({module!r}, run_name='__main__')"]
     argv += ["--host", "127.0.0.1", "--port", "0", "--cert", str(certs / "server.pem"),
              "--key", str(certs / "server.key"), *extra]
-    if kind == "webscale" and "--admin" not in extra:
+    if kind.startswith("webscale") and "--admin" not in extra:
         argv += ["--admin", "127.0.0.1:0"]
+    if kind == "webscale-secure":
+        argv += ["--client-ca", str(certs / "ca.pem"), "--authorize", "hooks:allow_devices"]
     if os.environ.get("SERVER_CPUS"):
         # Experiment knob: pin the server to these CPUs (taskset list, e.g. "1").
         argv = ["taskset", "-c", os.environ["SERVER_CPUS"], *argv]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                [str(ROOT), str(ROOT / "benchmarks")])})
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("listening on"):
         proc.kill()
         raise SystemExit(f"server did not start: {line!r}")
     port = int(line.strip().rsplit(":", 1)[1])
-    if kind != "webscale":
+    if not kind.startswith("webscale"):
         return proc, port, f"https://127.0.0.1:{port}"
     admin = proc.stdout.readline()
     if not admin.startswith("admin on "):
@@ -242,8 +249,13 @@ def run_point(server: str = "webscale", clients: int = 2000, rate: float = 1.0,
     result: dict = {"server": server, "clients": clients, "rate": rate, "document": document,
                     "server_args": server_args or []}
     try:
+        client_cert: list[str] = []
+        if server == "webscale-secure":
+            device = issue_client_cert(certs.ca_cert.parent, "bench-device")
+            client_cert = ["--cert", str(device.cert), "--key", str(device.key)]
         return _measure(proc, port, stats_url, ctx, certs.ca_cert, bench_json, result, clients,
-                        rate, size, window, settle, ramp, ping_sample, bench_procs, document)
+                        rate, size, window, settle, ramp, ping_sample, bench_procs, document,
+                        client_cert)
     except OSError as exc:
         result["error"] = f"server stopped answering /stats: {exc}"
         return result
@@ -276,7 +288,7 @@ def read_bench_report(path: Path, keys: tuple[str, ...]) -> dict | None:
 def _measure(proc: subprocess.Popen[str], port: int, stats_url: str, ctx: ssl.SSLContext,
              cafile: Path, bench_json: Path, result: dict, clients: int, rate: float, size: int,
              window: float, settle: float, ramp: int, ping_sample: int,
-             bench_procs: int | None, document: str) -> dict:
+             bench_procs: int | None, document: str, client_cert: list[str]) -> dict:
     bench = None
     try:
         time.sleep(0.5)
@@ -289,7 +301,8 @@ def _measure(proc: subprocess.Popen[str], port: int, stats_url: str, ctx: ssl.SS
                 "--size", str(size), "--document", document,
                 "--duration", str(duration), "--ramp", str(ramp),
                 "--warmup", str(settle),
-                "--ping-sample", str(ping_sample), "--quiet", "--json", str(bench_json)]
+                "--ping-sample", str(ping_sample), "--quiet", "--json", str(bench_json),
+                *client_cert]
         if bench_procs:
             argv += ["--procs", str(bench_procs)]
         bench = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
