@@ -25,11 +25,14 @@ LAYERS: list[set[str]] = [
     {"admin"},
     {"app", "routes", "process", "admission"},
     {"connection"},
+    {"outbound", "keepalive"},
     {"protocol", "dispatch", "gate"},
-    {"handle", "unit_cap", "pool", "decoder", "deflate", "fastmask", "metrics", "stats", "states",
+    {"units"},
+    {"unit_cap", "pool", "decoder", "deflate", "fastmask", "metrics", "stats", "states",
      "loading", "authorize", "snapshots", "budget", "upgrade"},
-    {"examples.telemetry", "shapes", "loop", "tls", "config", "systemd", "limits", "certs",
-     "peer_limits", "proxy_protocol", "rejections"},
+    {"handle", "examples.telemetry", "shapes", "loop", "tls", "config", "systemd", "limits",
+     "certs",
+     "events", "peer_limits", "proxy_protocol", "rejections"},
     {"http", "errors"},
 ]
 # The package's __init__ re-exports the public API (it sits on top); examples other than the

@@ -21,7 +21,8 @@ import itertools
 import logging
 import socket
 from . import routes
-from .connection import Connection, ConnectionSettings
+from .config import ConnectionSettings
+from .connection import Connection
 from .errors import ConfigError
 from .http import Request, Response
 from .loop import EVENT_READ, EventLoop

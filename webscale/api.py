@@ -22,7 +22,7 @@ from typing import Any
 from .app import resolve
 from .authorize import Authorizer
 from .config import Config
-from .dispatch import Handler
+from .units import Handler
 from .errors import ConfigError
 
 

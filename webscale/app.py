@@ -19,7 +19,7 @@ from typing import Any, cast
 from .authorize import Authorizer
 from .config import Config
 from .decoder import Undecoded, build_decoder, message_type_for
-from .dispatch import Decoder, Handler
+from .units import Decoder, Handler
 from .errors import ConfigError
 from .examples.telemetry import Telemetry
 from .loading import load_object

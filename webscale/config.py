@@ -245,3 +245,15 @@ class Config:
         return "wss" if self.tls else "ws"
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """What a connection needs from the configuration (Config above has the reasons)."""
+
+    handshake_timeout: float = 10.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    idle_timeout: float = 120.0
+    close_timeout: float = 5.0
+    outbound_limit_bytes: int = 1 << 20
+    slow_reader_timeout: float = 10.0
+    read_chunk_bytes: int = 64 * 1024

@@ -17,15 +17,10 @@ reading is paused (backpressure, or an upgrade waiting for its decision), WRITE 
 outbound buffer is non-empty (or TLS needs it). Timers bound the handshake, detect dead peers
 (ping/pong) and idle ones, and bound the close handshake.
 
-Replies queue in `out` when the client reads slower than handlers write. One big reply is not a
-slow reader: a client is judged by what it fails to drain over time. While more than
---outbound-limit-bytes are queued, it must take at least that many bytes every
---slow-reader-timeout seconds; one that does not is closed with 1008, its queued replies dropped
-(all but the one already on its way) so that the close frame reaches it next. Handlers that would
-rather wait than overrun a client use `handle.send(data, timeout=...)`, which waits while the
-queue is over its high-water mark (`notify_when_drained`). What is queued is charged to the
-server's memory budget (budget.py) after each flush, and a connection holding a partial message
-while that budget is over is held (not read) until it recovers, or closed by the budget's guard
+Two parts of the class live in their own modules: `outbound.Outbound` (the queue of bytes for the
+socket, slow readers, handlers waiting for room) and `keepalive.Deadlines` (the handshake,
+keepalive, idle and close timers). A connection holding a partial message while the server's
+memory budget is over is held (not read) until it recovers, or closed by the budget's guard
 (`shed`).
 """
 
@@ -37,13 +32,15 @@ import logging
 import socket
 import ssl
 import threading
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import tls
 from .budget import MemoryBudget
+from .config import ConnectionSettings
 from .http import PeerCertificate, Request, Response
+from .keepalive import Deadlines
 from .loop import EVENT_READ, EVENT_WRITE, EventLoop, Timer
+from .outbound import Outbound
 from .protocol import (
     BacklogPending,
     Closed,
@@ -73,20 +70,6 @@ _ALLOWED: dict[Transport, frozenset[Transport]] = {
     Transport.OPEN: frozenset({Transport.CLOSED}),
     Transport.CLOSED: frozenset(),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionSettings:
-    """What a connection needs from the configuration (config.Config has the reasons)."""
-
-    handshake_timeout: float = 10.0
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
-    idle_timeout: float = 120.0
-    close_timeout: float = 5.0
-    outbound_limit_bytes: int = 1 << 20
-    slow_reader_timeout: float = 10.0
-    read_chunk_bytes: int = 64 * 1024
 
 
 class Owner(Protocol):
@@ -127,7 +110,7 @@ _PARSING_BACKLOG = 4       # frames wait in the protocol's buffer (protocol.EVEN
 _FAILURES = frozenset({1002, 1003, 1007, 1009})
 
 
-class Connection:
+class Connection(Outbound, Deadlines):
     __slots__ = ("conn_id", "loop", "sock", "address", "proto", "settings", "owner", "stats",
                  "transport", "out", "out_bytes", "interest", "tls_want", "read_wants_write",
                  "write_wants_read", "reading_paused", "upgrade_pending", "websocket",
@@ -399,115 +382,7 @@ class Connection:
             logger.debug("conn %d: closed %d %r by %s", self.conn_id, event.code, event.reason,
                          "peer" if event.by_peer else "server")
 
-    # -- writing ----------------------------------------------------------------------------
-    def _flush(self) -> None:
-        proto = self.proto
-        if proto.has_output:
-            data = proto.data_to_send()
-            self.out.append(data)
-            self.out_bytes += len(data)
-        out = self.out
-        sock = self.sock
-        stats = self.stats
-        while out:
-            chunk = out[0]
-            try:
-                sent = tls.send(sock, chunk)
-            except (ssl.SSLError, OSError) as exc:
-                self._peer_gone(exc)
-                return
-            if sent is tls.Want.WRITE:
-                break
-            if sent is tls.Want.READ:
-                self.write_wants_read = True
-                break
-            stats.bytes_out += sent
-            self.sent_bytes += sent
-            self.out_bytes -= sent
-            if sent == len(chunk):
-                del out[0]
-            else:
-                out[0] = chunk[sent:]
-        if self.out_bytes != self.out_accounted:
-            self._outbound_changed()
-        if not out and proto.transport_should_close:
-            self._close_transport()
-            return
-        self._update_interest()
-
-    def _outbound_changed(self) -> None:
-        """After a flush left a different amount queued: charge the budget, watch the reader,
-        wake handlers waiting for room."""
-        out_bytes = self.out_bytes
-        budget = self.budget
-        budget.used += out_bytes - self.out_accounted
-        self.out_accounted = out_bytes
-        if budget.used > budget.limit and not budget.over:
-            budget.went_over()
-        if out_bytes > self.settings.outbound_limit_bytes:
-            if budget.over and (self.proto.phase is Phase.OPEN
-                                or self.proto.phase is Phase.FAILING):
-                # No memory to wait for a slow reader with: close it now (a handler flooding
-                # a client that does not read would queue a second's worth meanwhile).
-                self.shed(1008)
-                return
-            if self.drain_timer is None:
-                self.drain_mark = self.sent_bytes
-                self.drain_timer = self.loop.call_later(self.settings.slow_reader_timeout,
-                                                        self._drain_check)
-        elif self.drain_timer is not None:
-            self.drain_timer.cancel()
-            self.drain_timer = None
-        if self.send_waiters is not None:
-            self._wake_send_waiters()
-
-    def _drain_check(self) -> None:
-        """--slow-reader-timeout after the queue went over the limit: did the client take at
-        least --outbound-limit-bytes meanwhile?"""
-        self.drain_timer = None
-        limit = self.settings.outbound_limit_bytes
-        if self.closed or self.out_bytes <= limit:
-            return
-        taken = self.sent_bytes - self.drain_mark
-        if taken >= limit:  # reading, only slower than replies come: watch the next period
-            self.drain_mark = self.sent_bytes
-            self.drain_timer = self.loop.call_later(self.settings.slow_reader_timeout,
-                                                    self._drain_check)
-            return
-        self._slow_reader(taken)
-
-    def _slow_reader(self, taken: int) -> None:
-        log_rejection(logger, "conn %d: closing a slow reader at %s with 1008: %d bytes queued, "
-                      "%d taken in %.1fs", self.conn_id, peer(self.address), self.out_bytes,
-                      taken, self.settings.slow_reader_timeout)
-        self._record_close(1008)
-        self._drop_queued_output()
-        if self.proto.phase is Phase.CLOSING:
-            return  # our close frame is queued already; the close timer bounds the wait
-        self.proto.close(1008, "slow reader")
-        self._arm_close_timer()
-        self._flush()
-
-    def _drop_queued_output(self) -> None:
-        """Drop every queued reply but the first, which may be on its way (partly sent, or
-        inside OpenSSL after a want-write): the close frame that follows then reaches the
-        client as soon as it reads that far."""
-        out = self.out
-        if len(out) > 1:
-            del out[1:]
-            self.out_bytes = len(out[0])
-
-    def _wake_send_waiters(self) -> None:
-        waiters = self.send_waiters
-        assert waiters is not None
-        out_bytes = self.out_bytes
-        still = [(level, waiter) for level, waiter in waiters if out_bytes > level]
-        if len(still) != len(waiters):
-            for level, waiter in waiters:
-                if out_bytes <= level:
-                    waiter.set()
-            self.send_waiters = still or None
-
+    # -- the selector -----------------------------------------------------------------------
     def _update_interest(self) -> None:
         transport = self.transport
         if transport is Transport.CLOSED:
@@ -557,16 +432,6 @@ class Connection:
         self._update_interest()
         if not flags and tls.pending_plaintext(self.sock):
             self.loop.call_soon(self.on_readable)
-
-    def notify_when_drained(self, waiter: threading.Event, level: int) -> None:
-        """Set `waiter` once no more than `level` bytes are queued, or the connection closed
-        (a handle's timed send; everything it queued before is applied by now)."""
-        if self.closed or self.out_bytes <= level:
-            waiter.set()
-            return
-        if self.send_waiters is None:
-            self.send_waiters = []
-        self.send_waiters.append((level, waiter))
 
     def shed(self, code: int) -> None:
         """The memory budget's guard closes this client (1008/1009): what it holds is dropped,
@@ -628,82 +493,13 @@ class Connection:
         self.proto.abort()
         self._close_transport()
 
-    # -- timers -----------------------------------------------------------------------------
-    def _handshake_timed_out(self) -> None:
-        self.handshake_timer = None
-        if not self.websocket and not self.closed:
-            self.stats.handshake_timeouts += 1
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("conn %d: handshake timed out in %s/%s", self.conn_id,
-                             self.transport.value, self.proto.phase.value)
-            self.proto.abort()
-            self._close_transport()
-
-    def _arm_keepalive(self, delay: float | None = None) -> None:
-        settings = self.settings
-        if delay is None:
-            delay = settings.ping_interval or settings.idle_timeout
-        if delay > 0:
-            self.keepalive_timer = self.loop.call_coarse(delay, self._keepalive)
-
-    def _keepalive(self) -> None:
-        """Every --ping-interval: drop a peer whose pong is overdue or that is idle, else ping."""
-        self.keepalive_timer = None
-        if self.proto.phase is not Phase.OPEN or self.closed:
-            return
-        settings = self.settings
-        now = self.loop.now
-        if self.awaiting_pong and now - self.ping_sent_at >= settings.ping_timeout > 0:
-            logger.info("conn %d: no pong from %s within %.1fs, dropping", self.conn_id,
-                        self.address, settings.ping_timeout)
-            self._record_close(1011)
-            self.proto.abort()
-            self._close_transport()
-            return
-        if settings.idle_timeout and now - self.last_recv >= settings.idle_timeout:
-            self.close(1001, "idle timeout")
-            return
-        if settings.ping_interval and not self.awaiting_pong:
-            self.ping_count += 1
-            payload = self.ping_count.to_bytes(4, "big")
-            if self.proto.send_ping(payload):
-                self.awaiting_pong = payload
-                self.ping_sent_at = now
-                self._flush()
-        # Back at the next of: the pong's deadline, the next ping, the idle deadline.
-        delays = []
-        if settings.ping_interval:
-            delays.append(settings.ping_timeout if self.awaiting_pong and settings.ping_timeout
-                          else settings.ping_interval)
-        if settings.idle_timeout:
-            delays.append(settings.idle_timeout - (now - self.last_recv))
-        if delays:
-            self._arm_keepalive(max(0.0, min(delays)))
-
-    def _arm_close_timer(self) -> None:
-        if self.close_timer is None:
-            self.close_timer = self.loop.call_later(self.settings.close_timeout,
-                                                    self._close_timed_out)
-
-    def _close_timed_out(self) -> None:
-        self.close_timer = None
-        if self.closed:
-            return
-        if self.proto.phase is Phase.FAILING:
-            self.proto.fail_now()  # the pool is still busy with earlier messages: stop waiting
-            self._flush()
-            return
-        self._record_close(self.proto.local_close_code or 1006)
-        self.proto.abort()
-        self._close_transport()
-
+    # -- endings ----------------------------------------------------------------------------
     def _record_close(self, code: int) -> None:
         """Count how a WebSocket ended, once per connection (closes by code in /stats)."""
         if not self.close_code and self.websocket:
             self.close_code = code
             self.stats.closes_by_code[code] += 1
 
-    # -- endings ----------------------------------------------------------------------------
     def _peer_gone(self, exc: BaseException) -> None:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("conn %d: connection lost in %s: %r", self.conn_id,

@@ -42,26 +42,22 @@ budget's guard may `discard` the messages of a connection it closes.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .budget import OVER_BUDGET_ALLOWANCE, MemoryBudget
-from .errors import DecodeError
 from .handle import ConnectionHandle
 from .pool import WorkerPool
-from .stats import HANDLER_BOUNDS, Stats
+from .stats import Stats
 from .unit_cap import UnitCap
+from .units import Decoder, Handler, Unit, UnitDone
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[ConnectionHandle, Any], object]
-Decoder = Callable[[str | bytes], Any]
 
 # A unit of fast messages should keep a pool thread busy about this long: long enough to
 # amortise the hand-off, short enough that results flow back steadily.
@@ -119,37 +115,11 @@ class Mailbox:
         self.in_flight = 0  # messages received and not yet handled (inbox + pool)
         self.inbox_bytes = 0  # bytes of the inbox's messages
         self.unit_bytes = 0   # bytes of the batch in the pool
-        self.unit: _Unit | None = None  # the unit carrying its batch, while one is out
+        self.unit: Unit[Mailbox] | None = None  # the unit carrying its batch, while one is out
         self.paused = False  # its connection is not being read (backpressure)
         self.held = False  # ... because of the total bound: resumes with the others
         self.closed = False
         self.interactive = False  # its handler replied to the last batch: somebody waits
-
-
-class _Unit:
-    """A pool unit: batches of several mailboxes. `urgent` is set by the loop thread while the
-    unit runs; the pool thread reads it after queueing the completion (see the docstring)."""
-
-    __slots__ = ("seq", "batches", "urgent")
-
-    def __init__(self) -> None:
-        self.seq = 0
-        self.batches: list[tuple[Mailbox, tuple[str | bytes, ...]]] = []
-        self.urgent = False
-
-
-@dataclass(frozen=True, slots=True)
-class UnitDone:
-    """What a pool thread reports for one unit: totals, and per mailbox what it finished."""
-
-    # (mailbox, messages handled, close code, whether the handler replied)
-    finished: tuple[tuple[Mailbox, int, int, bool], ...]
-    decoded: int
-    decode_errors: int
-    handler_errors: int
-    handler_buckets: tuple[int, ...]
-    handler_seconds: float
-    cpu_seconds: float  # the pool thread's CPU time for the unit
 
 
 class Dispatcher:
@@ -178,7 +148,7 @@ class Dispatcher:
         # ... and of seconds per byte of message: 10 ns, a 10 KB message's 100 us.
         self.cost_per_byte = 1e-8
         self.cap = UnitCap(threads, loop.now)
-        self._units: dict[int, _Unit] = {}  # seq -> unit, while in the pool
+        self._units: dict[int, Unit[Mailbox]] = {}  # seq -> unit, while in the pool
         self._cap_timer: Any = None
         self._ready: deque[Mailbox] = deque()
         # Messages in the ready mailboxes when they became ready (later arrivals are not
@@ -296,7 +266,7 @@ class Dispatcher:
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
-        unit = _Unit()
+        unit: Unit[Mailbox] = Unit()
         count = 0
         unit_bytes = 0
         taken = 0
@@ -315,7 +285,7 @@ class Dispatcher:
                 self._submit(unit)
                 taken += count
                 count = unit_bytes = 0
-                unit = _Unit()
+                unit = Unit()
                 if free_units is not None:
                     free_units -= 1
                     if free_units == 0:
@@ -335,7 +305,7 @@ class Dispatcher:
             self._interactive_ready = False
         self.stats.in_flight = self.in_flight_total
 
-    def _submit(self, unit: _Unit) -> None:
+    def _submit(self, unit: Unit[Mailbox]) -> None:
         unit.seq = seq = self.cap.submitted(self.loop.now)
         self._units[seq] = unit
         self.stats.pool_queue_depth = self.cap.in_pool
@@ -359,7 +329,7 @@ class Dispatcher:
         self.flush(force=True)
 
     # -- loop thread: completions ------------------------------------------------------------
-    def _unit_done(self, unit: _Unit, done: UnitDone) -> None:
+    def _unit_done(self, unit: Unit[Mailbox], done: UnitDone[Mailbox]) -> None:
         stats = self.stats
         del self._units[unit.seq]
         self.cap.finished(unit.seq, done.cpu_seconds, done.handler_seconds, self.loop.now)
@@ -432,68 +402,17 @@ class Dispatcher:
         self.pool.shutdown(wait=wait, cancel_futures=not wait)
 
     # -- pool threads -----------------------------------------------------------------------
-    def _run_unit(self, unit: _Unit) -> None:
-        decoded = decode_errors = handler_errors = 0
-        buckets = [0] * (len(HANDLER_BOUNDS) + 1)
-        spent = 0.0
-        handler = self.handler
-        decode = self.decode
-        clock = time.perf_counter
-        bucket_of = bisect.bisect_left
-        bounds = HANDLER_BOUNDS
-        cpu_started = time.thread_time()
-        finished: list[tuple[Mailbox, int, int, bool]] = []
-        batches = unit.batches
-        try:
-            for box, batch in batches:
-                close_code = 0
-                handle = box.handle
-                sent_before = handle.sent
-                for data in batch:
-                    started = clock()
-                    message: Any = data
-                    if decode is not None:
-                        try:
-                            message = decode(data)
-                            decoded += 1
-                        except DecodeError as exc:
-                            decode_errors += 1
-                            self._log_rate_limited("conn %d: undecodable message: %s",
-                                                   handle.conn_id, exc)
-                            if self.close_on_invalid:
-                                close_code = 1007
-                                break  # the connection is closing; the rest count as handled
-                            message = None
-                    if handler is not None and message is not None:
-                        try:
-                            handler(handle, message)
-                        except Exception:
-                            handler_errors += 1
-                            logger.exception("conn %d: handler raised", handle.conn_id)
-                    elapsed = clock() - started
-                    spent += elapsed
-                    buckets[bucket_of(bounds, elapsed)] += 1
-                finished.append((box, len(batch), close_code, handle.sent != sent_before))
-        except BaseException:
-            # Not a handler's Exception (those are counted above): SystemExit from a handler,
-            # a MemoryError. Logged; the unit's messages still count as handled below, or the
-            # mailboxes would never get another unit and the in-flight counts never drain.
-            handler_errors += 1
-            logger.exception("pool unit %d failed", unit.seq)
-            raise
-        finally:
-            for box, batch in batches[len(finished):]:
-                finished.append((box, len(batch), 0, False))
-            loop = self.loop
-            loop.call_soon_threadsafe(
-                self._unit_done, unit,
-                UnitDone(tuple(finished), decoded, decode_errors, handler_errors,
-                         tuple(buckets), spent, time.thread_time() - cpu_started),
-                wake=False)
-            # After queueing (see the module docstring): the loop sets `urgent` before it
-            # checks its queue for the last time before sleeping.
-            if unit.urgent:
-                loop.wake_soon()
+    def _run_unit(self, unit: Unit[Mailbox]) -> None:
+        unit.run(self.handler, self.decode, self.close_on_invalid, self._log_rate_limited,
+                 self._report)
+
+    def _report(self, unit: Unit[Mailbox], done: UnitDone[Mailbox]) -> None:
+        loop = self.loop
+        loop.call_soon_threadsafe(self._unit_done, unit, done, wake=False)
+        # After queueing (see the module docstring): the loop sets `urgent` before it checks
+        # its queue for the last time before sleeping.
+        if unit.urgent:
+            loop.wake_soon()
 
     def _log_rate_limited(self, fmt: str, *args: object) -> None:
         # A client streaming garbage must not turn into a log flood: one line a second at most.

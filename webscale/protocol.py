@@ -1,32 +1,29 @@
 """The server side of one connection, sans-I/O: bytes in, events and bytes out.
 
-How this works: a connection starts in REQUEST_HEAD. Bytes are buffered until h11 has parsed a
-complete request head within `max_header_bytes` and `max_headers` (else 431, or 400 for a malformed
-head). The head surfaces as `RequestReceived` and the connection's owner answers it: a plain
-request with `respond()` (then the connection closes), an upgrade with `accept_upgrade()` or
-`respond()` (a refusal). Until then the protocol waits in AWAITING_RESPONSE / UPGRADE_PENDING;
-bytes that came after the head are kept and fed in after the accept. A WebSocket upgrade is checked
-by a `wsproto.WSConnection` before it surfaces (a bad key or version is a 400 at once), which also
-writes the 101.
+How this works: a connection starts in REQUEST_HEAD. Bytes are buffered until a complete request
+head has arrived (upgrade.HeadReader: within `max_header_bytes` and `max_headers`, else 431;
+parsed strictly per RFC 9112 and RFC 6455 §4.2.1, else 400; an upgrade validated by a
+`wsproto.WSConnection`, which also writes the 101). The head surfaces as `RequestReceived` and the
+connection's owner answers it: a plain request with `respond()` (then the connection closes), an
+upgrade with `accept_upgrade()` or `respond()` (a refusal). Until then the protocol waits in
+AWAITING_RESPONSE / UPGRADE_PENDING; bytes that came after the head are kept and fed in after the
+accept.
 
-The head is parsed strictly (RFC 6455 §4.2.1, RFC 9112; upgrade.py): an upgrade is an HTTP/1.1 GET
-with an origin-form target, no body and a key of 16 base64 bytes, and no request head may use obs-
-fold or a bare LF; anything else is a 400. From then on the WebSocket is wsproto's frame state
-machine, `FrameProtocol` (framing, masking, fragmentation rules, UTF-8 and close-code validation,
-extensions), fed whole reads; its frames are taken in bulk and become our events directly, without
-wsproto's `Connection` wrapper: that wrapper's own OPEN/CLOSING state would be a second copy of our
-phase, and its per-frame generator and event objects cost ~2.5 us of the ~10 us a 10 KB message
-takes (benchmarks/decode_cost.py). Pings are answered here. Fragments are reassembled under
-`max_message_size` (wsproto has no limit), counted in bytes as they came on the wire (text is
-measured encoded; with permessage-deflate, inflated bytes, bounded in deflate.py before they are
-made) plus `FRAGMENT_OVERHEAD` for every frame before a message's last, zero-length ones included:
-each costs parsing whatever it holds, so a message of empty fragments reaches the cap too instead
-of never. The pieces are kept in one buffer, charged to the server's memory budget (budget.py). Too
-big fails the connection with 1009 (RFC 6455 §7.4.1) and nothing more is parsed; at most
-EVENTS_PER_CALL frames are parsed per call, the rest on the loop's next turn (`parse_backlog`). The
-close handshake is completed with the right code. A protocol violation (wsproto's ParseFailed)
-parks the connection in FAILING until the pool has answered what came before it (`fail_now()` then
-sends the close frame).
+From then on the WebSocket is wsproto's frame state machine, `FrameProtocol` (framing, masking,
+fragmentation rules, UTF-8 and close-code validation, extensions), fed whole reads; its frames
+are taken in bulk and become our events (events.py) directly, without wsproto's `Connection`
+wrapper: that wrapper's own OPEN/CLOSING state would be a second copy of our phase, and its
+per-frame generator and event objects cost ~2.5 us of the ~10 us a 10 KB message takes. Pings
+are answered here. Fragments are reassembled under `max_message_size` (wsproto has no limit),
+counted in bytes as they came on the wire (text is measured encoded; with permessage-deflate,
+inflated bytes, bounded in deflate.py before they are made) plus `FRAGMENT_OVERHEAD` for every
+frame before a message's last, zero-length ones included: each costs parsing whatever it holds,
+so a message of empty fragments reaches the cap too instead of never. The pieces are kept in one
+buffer, charged to the server's memory budget (budget.py). Too big fails the connection with 1009
+(RFC 6455 §7.4.1) and nothing more is parsed; at most EVENTS_PER_CALL frames are parsed per call,
+the rest on the loop's next turn (`parse_backlog`). The close handshake is completed with the
+right code. A protocol violation (wsproto's ParseFailed) parks the connection in FAILING until
+the pool has answered what came before it (`fail_now()` then sends the close frame).
 
 This is the one state machine of a connection's HTTP and WebSocket life; the connection layer
 only tracks its transport. This module never touches sockets, threads or clocks: the connection
@@ -41,9 +38,8 @@ import logging
 from dataclasses import dataclass
 from typing import cast
 
-import h11
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request
+from wsproto import WSConnection
+from wsproto.events import AcceptConnection
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import (
     CloseReason,
@@ -53,13 +49,22 @@ from wsproto.frame_protocol import (
     Opcode,
     ParseFailed,
 )
-from wsproto.utilities import RemoteProtocolError
 
 from .budget import MemoryBudget
 from .deflate import NegotiatedDeflate
-from .http import REASONS, Headers, Response
+from .events import (
+    BACKLOG,
+    BacklogPending,
+    Closed,
+    Event,
+    HandshakeFailed,
+    MessageReceived,
+    PongReceived,
+    RequestReceived,
+)
+from .http import Response
 from .states import check_move
-from .upgrade import improper_upgrade, is_upgrade, malformed_head
+from .upgrade import HeadReader, HeadRefused
 
 logger = logging.getLogger(__name__)
 
@@ -95,51 +100,6 @@ class ProtocolLimits:
     compression: bool = False
     deflate_window_bits: int = 15
 
-
-# -- events out ------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class RequestReceived:
-    """A complete request head: answer with respond(), or (an upgrade) accept_upgrade()."""
-    method: str
-    target: str
-    headers: Headers
-    upgrade: bool
-
-
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
-    data: str | bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PongReceived:
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """The WebSocket is closed: `code` is the close code that ended it (1006: no close frame)."""
-    code: int
-    reason: str
-    by_peer: bool
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeFailed:
-    """The request was refused (bad head or bad upgrade); an HTTP error is on its way."""
-    status: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class BacklogPending:
-    """Frames are left unparsed (EVENTS_PER_CALL): feed nothing more before `parse_backlog()`."""
-
-
-BACKLOG = BacklogPending()
-
-Event = (RequestReceived | MessageReceived | PongReceived | Closed | HandshakeFailed
-         | BacklogPending)
 
 # Frames parsed per call at most. wsproto spends ~8 us on a frame whatever it holds, so one
 # 16 KiB TLS record of empty frames (2,700 of them) would hold the loop for 20 ms and eight
@@ -185,7 +145,7 @@ def _frame_protocol(extensions: list[Extension]) -> FrameProtocol:
 
 
 class ServerProtocol:
-    __slots__ = ("limits", "phase", "_head", "_h11", "_handshake", "_ws", "_out", "_partial",
+    __slots__ = ("limits", "phase", "_reader", "_handshake", "_ws", "_out", "_partial",
                  "_part_bytes", "_discarding", "_close_code", "_pending_input", "conn_id",
                  "extensions", "_budget", "_deflate", "_partial_text", "backlog")
 
@@ -196,9 +156,7 @@ class ServerProtocol:
         self._budget = budget if budget is not None else MemoryBudget.unlimited()
         self._deflate: NegotiatedDeflate | None = None
         self.phase = Phase.REQUEST_HEAD
-        self._head = bytearray()
-        self._h11: h11.Connection | None = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self._reader: HeadReader | None = HeadReader(limits.max_header_bytes, limits.max_headers)
         self._handshake: WSConnection | None = None  # only while an upgrade is pending
         self._ws: FrameProtocol | None = None
         self._out: list[bytes | bytearray] = []
@@ -285,63 +243,26 @@ class ServerProtocol:
         return []  # answering plain HTTP, or closed: further input is ignored
 
     def _receive_head(self, data: bytes) -> list[Event]:
-        assert self._h11 is not None
+        reader = self._reader
+        assert reader is not None
         if not data:
-            why = ("closed before sending a request" if not self._head
-                   else "end of stream during the request head")
+            why = ("end of stream during the request head" if reader.started
+                   else "closed before sending a request")
             self._move(Phase.CLOSED, why)
             return [Closed(1006, why, True)]
-        self._head += data
-        self._h11.receive_data(data)
-        try:
-            event = self._h11.next_event()
-        except h11.RemoteProtocolError as exc:
-            status = exc.error_status_hint
-            return [self._refuse(status if status in REASONS else 400, str(exc))]
-        if event is h11.NEED_DATA:
+        result = reader.feed(data)
+        if result is None:
             return []
-        if not isinstance(event, h11.Request):
-            return [self._refuse(400, "not an HTTP request")]
-        if len(event.headers) > self.limits.max_headers:
-            return [self._refuse(431, f"more than {self.limits.max_headers} headers")]
-        # h11 bounds only an *incomplete* head; a whole oversized head that arrived in one read
-        # (up to --read-chunk-bytes) would pass, so measure what it parsed as well.
-        trailing = bytes(self._h11.trailing_data[0])
-        if len(self._head) - len(trailing) > self.limits.max_header_bytes:
-            return [self._refuse(431, f"request head over {self.limits.max_header_bytes} bytes")]
-        problem = malformed_head(bytes(self._head[:len(self._head) - len(trailing)]))
-        if problem is None and is_upgrade(event):
-            problem = improper_upgrade(event)
-        if problem is not None:
-            return [self._refuse(400, problem)]
-        received = RequestReceived(event.method.decode("latin-1"),
-                                   event.target.decode("latin-1"),
-                                   Headers.from_raw(list(event.headers)), is_upgrade(event))
-        if not received.upgrade:
+        if isinstance(result, HeadRefused):
+            return [self._refuse(result.status, result.reason)]
+        self._reader = None
+        if result.handshake is None:
             self._move(Phase.AWAITING_RESPONSE, "plain HTTP request")
-            self._h11 = None
-            self._head = bytearray()
-            return [received]
-        return self._check_upgrade(received, trailing)
-
-    def _check_upgrade(self, received: RequestReceived, trailing: bytes) -> list[Event]:
-        """Let wsproto validate the upgrade (key, version, ...) before the owner sees it."""
-        ws = WSConnection(ConnectionType.SERVER)
-        try:
-            ws.receive_data(bytes(self._head)[:len(self._head) - len(trailing)])
-            request = next((e for e in ws.events() if isinstance(e, Request)), None)
-        except (RemoteProtocolError, ValueError) as exc:
-            # wsproto decodes header values unguarded: a non-ASCII token or a Host that is not
-            # IDNA raises UnicodeError (a ValueError). Either way the request is malformed.
-            return [self._refuse(400, str(exc))]
-        if request is None:
-            return [self._refuse(400, "incomplete WebSocket upgrade request")]
-        self._handshake = ws
-        self._pending_input = trailing
-        self._h11 = None
-        self._head = bytearray()
-        self._move(Phase.UPGRADE_PENDING, "upgrade requested")
-        return [received]
+        else:
+            self._handshake = result.handshake
+            self._pending_input = result.trailing
+            self._move(Phase.UPGRADE_PENDING, "upgrade requested")
+        return [result.request]
 
     def accept_upgrade(self) -> list[Event]:
         """Answer the pending upgrade with 101; return the events of bytes sent after the head."""
@@ -381,9 +302,8 @@ class ServerProtocol:
                               Phase.REQUEST_HEAD):
             return
         self._out.append(response.serialize(head_only))
-        self._h11 = None
+        self._reader = None
         self._handshake = None
-        self._head = bytearray()
         self._pending_input = b""
         self._move(Phase.CLOSED, f"responded {response.status}")
 

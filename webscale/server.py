@@ -49,8 +49,10 @@ from .admission import Admission
 from .authorize import Authorizer, OriginPolicy
 from .budget import MemoryBudget, MemoryGuard, default_max_buffered_bytes, physical_memory
 from .config import Config
-from .connection import Connection, ConnectionSettings
-from .dispatch import Decoder, Dispatcher, Handler
+from .config import ConnectionSettings
+from .connection import Connection
+from .dispatch import Dispatcher
+from .units import Decoder, Handler
 from .gate import Gate, GateSettings
 from .handle import ConnectionHandle
 from .http import Request, Response

@@ -58,7 +58,7 @@ from typing import Any
 from . import limits
 from .admin import AdminListener, bind_admin
 from .config import Config
-from .connection import ConnectionSettings
+from .config import ConnectionSettings
 from .loop import EVENT_READ, EventLoop, Timer
 from .metrics import render_workers
 from .process import ProcessScaffold, bind, urls
