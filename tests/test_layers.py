@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"worker"},
     {"server"},
     {"admin"},
-    {"app", "routes", "process", "admission"},
+    {"app", "routes", "process", "admission", "listeners"},
     {"connection"},
     {"outbound", "keepalive"},
     {"protocol", "dispatch", "gate"},

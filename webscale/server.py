@@ -28,7 +28,6 @@ under `webscale.supervisor` speaks the same protocol to its supervisor instead o
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
@@ -56,7 +55,8 @@ from .units import Decoder, Handler
 from .gate import Gate, GateSettings
 from .handle import ConnectionHandle
 from .http import Request, Response
-from .loop import EVENT_READ, EventLoop
+from .listeners import Listeners
+from .loop import EventLoop
 from .metrics import render_prometheus
 from .process import Notifier, ProcessScaffold, bind, urls
 from .protocol import ProtocolLimits, ServerProtocol
@@ -70,23 +70,6 @@ logger = logging.getLogger(__name__)
 # Connections accepted beyond --max-connections still get a 503 (so clients see why); past this
 # many more they are closed at once, since each still costs a file descriptor.
 _REFUSAL_HEADROOM = 256
-# After EMFILE/ENFILE, stop accepting this long instead of spinning on a listener that stays
-# readable (the kernel keeps the pending connections in the backlog meanwhile).
-_ACCEPT_PAUSE = 0.5
-# Accepts per readiness event: enough to drain a burst, bounded so reads keep flowing.
-_ACCEPTS_PER_EVENT = 256
-
-
-class _Listener:
-    def __init__(self, server: Server, sock: socket.socket) -> None:
-        self.server = server
-        self.sock = sock
-
-    def on_readable(self) -> None:
-        self.server._accept(self.sock)
-
-    def on_writable(self) -> None:  # pragma: no cover - never registered for writing
-        pass
 
 
 class Server:
@@ -159,9 +142,8 @@ class Server:
                              if config.proxy_protocol_from else None)),
             per_address, self._open_connection)
         self._ids = itertools.count(1)
-        self._listeners: list[_Listener] = []
+        self.listeners: Listeners | None = None
         self._given_sockets = listen_sockets
-        self._accept_paused = False
         self._sigint_count = 0
         self._draining = False
         self._drain_deadline = 0.0
@@ -190,11 +172,8 @@ class Server:
         socks = self._given_sockets or [bind(self.config.host, self.config.port,
                                              self.config.backlog,
                                              reuseport=self.config.workers > 1)]
-        for sock in socks:
-            sock.setblocking(False)
-            listener = _Listener(self, sock)
-            self.loop.register(sock, EVENT_READ, listener)
-            self._listeners.append(listener)
+        self.listeners = Listeners(self.loop, socks, self._accepted, self._accept_paused)
+        self.listeners.start()
         self.gate.start()
         if self.admin is not None:
             self.admin.start()
@@ -212,7 +191,7 @@ class Server:
         self.scaffold.healthy = self._still_supervised
 
     def urls(self) -> list[str]:
-        return urls([listener.sock for listener in self._listeners], self.config.scheme)
+        return urls(self.listeners.sockets if self.listeners else [], self.config.scheme)
 
     # -- service manager --------------------------------------------------------------------
     @property
@@ -231,21 +210,9 @@ class Server:
         return True
 
     # -- accepting --------------------------------------------------------------------------
-    def _accept(self, listen_sock: socket.socket) -> None:
-        for _ in range(_ACCEPTS_PER_EVENT):
-            try:
-                sock, address = listen_sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._pause_accepting(exc)
-                    return
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue  # the client gave up while queued: not our problem
-                raise
-            self.stats.connections_total += 1
-            self.gate.offer(sock, address)
+    def _accepted(self, sock: socket.socket, address: Any) -> None:
+        self.stats.connections_total += 1
+        self.gate.offer(sock, address)
 
     def _open_connection(self, sock: socket.socket, address: Any) -> Connection | None:
         """The gate admitted `sock` (from the client at `address`): TLS and a Connection."""
@@ -266,23 +233,8 @@ class Server:
         conn.start()
         return conn
 
-    def _pause_accepting(self, exc: OSError) -> None:
-        if self._accept_paused:
-            return
-        self._accept_paused = True
-        self.stats.accept_pauses += 1
-        logger.warning("accept failed (%s) with %d connections open: pausing accepts for %.1fs",
-                       os.strerror(exc.errno or 0), len(self.connections), _ACCEPT_PAUSE)
-        for listener in self._listeners:
-            self.loop.unregister(listener.sock)
-        self.loop.call_later(_ACCEPT_PAUSE, self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        self._accept_paused = False
-        if self._draining:
-            return
-        for listener in self._listeners:
-            self.loop.register(listener.sock, EVENT_READ, listener)
+    def _accept_paused(self, exc: OSError) -> None:
+        self.stats.accept_pauses += 1  # (listeners.py logs it)
 
     # -- connection.Owner -------------------------------------------------------------------
     def route(self, request: Request) -> Response:
@@ -422,12 +374,8 @@ class Server:
 
     def _close_for_shutdown(self) -> None:
         """Stop accepting, close every connection with 1001, then wait for the drain."""
-        for listener in self._listeners:
-            try:
-                self.loop.unregister(listener.sock)
-            except (KeyError, ValueError):
-                pass
-            listener.sock.close()
+        if self.listeners is not None:
+            self.listeners.close()
         self.gate.abort_pending()
         for conn in list(self.connections.values()):
             conn.close(1001, "server shutting down")
@@ -459,13 +407,8 @@ class Server:
             self.admin.close()
         if self.snapshot_responder is not None:
             self.snapshot_responder.close()
-        for listener in self._listeners:
-            if listener.sock.fileno() != -1:
-                try:
-                    self.loop.unregister(listener.sock)
-                except (KeyError, ValueError):
-                    pass
-                listener.sock.close()
+        if self.listeners is not None:
+            self.listeners.close()
         graceful = self.exit_code == 0 and self.dispatcher.idle
         self.memory_guard.cancel()
         self.dispatcher.shutdown(wait=graceful)
