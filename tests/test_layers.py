@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"outbound", "keepalive"},
     {"protocol", "dispatch", "gate"},
     {"units"},
-    {"unit_cap", "pool", "decoder", "deflate", "fastmask", "metrics", "stats", "states",
+    {"unit_cap", "pool", "decoder", "deflate", "fastmask", "frames", "metrics", "stats", "states",
      "loading", "authorize", "snapshots", "budget", "upgrade"},
     {"handle", "examples.telemetry", "shapes", "loop", "tls", "config", "systemd", "limits",
      "certs",

@@ -10,20 +10,21 @@ AWAITING_RESPONSE / UPGRADE_PENDING; bytes that came after the head are kept and
 accept.
 
 From then on the WebSocket is wsproto's frame state machine, `FrameProtocol` (framing, masking,
-fragmentation rules, UTF-8 and close-code validation, extensions), fed whole reads; its frames
-are taken in bulk and become our events (events.py) directly, without wsproto's `Connection`
-wrapper: that wrapper's own OPEN/CLOSING state would be a second copy of our phase, and its
-per-frame generator and event objects cost ~2.5 us of the ~10 us a 10 KB message takes. Pings
-are answered here. Fragments are reassembled under `max_message_size` (wsproto has no limit),
-counted in bytes as they came on the wire (text is measured encoded; with permessage-deflate,
-inflated bytes, bounded in deflate.py before they are made) plus `FRAGMENT_OVERHEAD` for every
-frame before a message's last, zero-length ones included: each costs parsing whatever it holds,
-so a message of empty fragments reaches the cap too instead of never. The pieces are kept in one
-buffer, charged to the server's memory budget (budget.py). Too big fails the connection with 1009
-(RFC 6455 §7.4.1) and nothing more is parsed; at most EVENTS_PER_CALL frames are parsed per call,
-the rest on the loop's next turn (`parse_backlog`). The close handshake is completed with the
-right code. A protocol violation (wsproto's ParseFailed) parks the connection in FAILING until
-the pool has answered what came before it (`fail_now()` then sends the close frame).
+fragmentation rules, UTF-8 and close-code validation, extensions; frames.py specialises its header
+parse and whole text messages), fed whole reads; its frames are taken in bulk and become our events
+(events.py) directly, without wsproto's `Connection` wrapper: that wrapper's own OPEN/CLOSING state
+would be a second copy of our phase, and its per-frame generator and event objects cost ~2.5 us of
+the ~10 us a 10 KB message takes. Pings are answered here. Fragments are reassembled under
+`max_message_size` (wsproto has no limit), counted in bytes as they came on the wire (text is
+measured encoded; with permessage-deflate, inflated bytes, bounded in deflate.py before they are
+made) plus `FRAGMENT_OVERHEAD` for every frame before a message's last, zero-length ones included:
+each costs parsing whatever it holds, so a message of empty fragments reaches the cap too instead
+of never. The pieces are kept in one buffer, charged to the server's memory budget (budget.py). Too
+big fails the connection with 1009 (RFC 6455 §7.4.1) and nothing more is parsed; at most
+EVENTS_PER_CALL frames are parsed per call, the rest on the loop's next turn (`parse_backlog`). The
+close handshake is completed with the right code. A protocol violation (wsproto's ParseFailed)
+parks the connection in FAILING until the pool has answered what came before it (`fail_now()` then
+sends the close frame).
 
 This is the one state machine of a connection's HTTP and WebSocket life; the connection layer
 only tracks its transport. This module never touches sockets, threads or clocks: the connection
@@ -41,14 +42,7 @@ from typing import cast
 from wsproto import WSConnection
 from wsproto.events import AcceptConnection
 from wsproto.extensions import Extension
-from wsproto.frame_protocol import (
-    CloseReason,
-    Frame,
-    FrameProtocol,
-    MessageDecoder,
-    Opcode,
-    ParseFailed,
-)
+from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
 from .budget import MemoryBudget
 from .deflate import NegotiatedDeflate
@@ -62,6 +56,7 @@ from .events import (
     PongReceived,
     RequestReceived,
 )
+from .frames import server_frames
 from .http import Response
 from .states import check_move
 from .upgrade import HeadReader, HeadRefused
@@ -118,30 +113,6 @@ _TEXT, _BINARY, _PING, _PONG, _CLOSE = (Opcode.TEXT, Opcode.BINARY, Opcode.PING,
 # What the peer reads in our close frame when it broke the protocol (RFC 6455 §7.4.1).
 _CLOSE_REASONS = {1002: "protocol error", 1007: "invalid message data", 1008: "memory budget",
                   1009: "message too big"}
-
-
-class _WholeTextDecoder(MessageDecoder):
-    """wsproto's MessageDecoder, except that a text message arriving whole (one frame, its
-    payload complete: the common case) is decoded with one strict `bytes.decode` instead of a
-    new incremental decoder per message (~1.5 us of a 10 KB message's ~8). Invalid UTF-8 is the
-    same ParseFailed (1007); fragments and partial payloads take wsproto's own path."""
-
-    def process_frame(self, frame: Frame) -> Frame:
-        if (frame.opcode is _TEXT and self.opcode is None and frame.frame_finished
-                and frame.message_finished):
-            try:
-                text = cast(bytes, frame.payload).decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ParseFailed(str(exc), CloseReason.INVALID_FRAME_PAYLOAD_DATA) from None
-            return Frame(_TEXT, text, True, True)
-        return super().process_frame(frame)
-
-
-def _frame_protocol(extensions: list[Extension]) -> FrameProtocol:
-    """wsproto's frame state machine for a server, with the whole-text decoder."""
-    frames = FrameProtocol(client=False, extensions=extensions)
-    frames._message_decoder = _WholeTextDecoder()
-    return frames
 
 
 class ServerProtocol:
@@ -283,7 +254,7 @@ class ServerProtocol:
         # wsproto's frame state machine with the extensions the handshake agreed to; the
         # WSConnection (an h11.Connection, the request's headers) is dropped: several KiB per
         # idle client.
-        self._ws = _frame_protocol(extensions)
+        self._ws = server_frames(extensions)
         self._handshake = None
         self.extensions = tuple(ext.name for ext in extensions if ext.enabled())
         for ext in extensions:
