@@ -2,7 +2,8 @@
 
     python tests/rtt_probe.py wss://127.0.0.1:PORT/ CAFILE
 
-Prints "ready" once connected, sends until a line arrives on stdin, then prints one JSON line:
+Prints "ready" once connected, sends until a line arrives on stdin ("stop N": and at least N
+round trips are done, however soon the line came), then prints one JSON line:
 {"rtts": [seconds, ...], "sent": [seconds since connecting, ...], "error": null or what went
 wrong}. Its own process, so that the load the
 tests generate (TLS clients in threads) does not share its GIL and delay its measurements.
@@ -19,6 +20,11 @@ import time
 from websockets.asyncio.client import connect
 
 
+def _at_least(line: str) -> int:
+    words = line.split()
+    return int(words[1]) if len(words) > 1 else 0
+
+
 async def probe(url: str, cafile: str | None) -> dict[str, object]:
     context = ssl.create_default_context(cafile=cafile) if url.startswith("wss:") else None
     rtts: list[float] = []
@@ -31,7 +37,7 @@ async def probe(url: str, cafile: str | None) -> dict[str, object]:
             print("ready", flush=True)
             opened = time.monotonic()
             seq = 0
-            while not stop.done():
+            while not stop.done() or len(rtts) < _at_least(stop.result()):
                 payload = f"{seq:08d} " + "w" * 10_000
                 started = time.monotonic()
                 sent.append(started - opened)
