@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """The in-process floors of one ~10 KB workload message: what the server cannot do cheaper.
 
-Times, in one process with no sockets, the steps every message goes through: orjson's parse,
-the hand-written `decode_telemetry` (webscale/examples/telemetry.py: parse + the dataclasses,
-every field type-checked), the generic decoder `webscale.decoder.build_decoder(Telemetry)`
-generates, the dataclass construction alone, and wsproto's parse of one masked 10 KB text frame
-with the C unmask webscale installs and with wsproto's own. The decoders run on two document
-shapes: bench_client's MessageTemplate (~114 readings in 10 KB) and issue 10's "notes" document
-(`bench_client.payload.notes_document`: 40 readings, a free-text note padding to the same size,
-and `site`/`firmware` strings the struct ignores); the two decoders of a shape alternate round by
-round, so a neighbour's load hits both alike. CPU time (`time.process_time`) per call, the best
-of --repeat rounds of --number calls, cycling through 200 distinct documents so the parser does
-not see the same bytes every time. Prints a table and the ratio generic / hand-written per
+Times, in one process with no sockets, the steps every message goes through: orjson's parse, the
+hand-written `decode_telemetry` (webscale/examples/telemetry.py: parse + the dataclasses, every
+field type-checked), the generic decoder `webscale.decoder.build_decoder(Telemetry)` generates, the
+dataclass construction alone, and wsproto's parse of one masked 10 KB text frame with the C unmask
+webscale installs and with wsproto's own; then the frame path the server runs (webscale/frames.py:
+wsproto's FrameProtocol with the specialised header parse and whole-text decode, one per
+connection, fed frame after frame) next to wsproto's plain FrameProtocol. The decoders run on two
+document shapes: bench_client's MessageTemplate (~114 readings in 10 KB) and issue 10's "notes"
+document (`bench_client.payload.notes_document`: 40 readings, a free-text note padding to the same
+size, and `site`/`firmware` strings the struct ignores); the two decoders of a shape alternate
+round by round, so a neighbour's load hits both alike. CPU time (`time.process_time`) per call, the
+best of --repeat rounds of --number calls, cycling through 200 distinct documents so the parser
+does not see the same bytes every time. Prints a table and the ratio generic / hand-written per
 shape; --json writes the numbers (microseconds, and the ratios under "ratios").
 
     python benchmarks/decode_cost.py
@@ -39,6 +41,7 @@ from bench_client.payload import MessageTemplate, notes_document  # noqa: E402
 from webscale import fastmask  # noqa: E402
 from webscale.decoder import build_decoder  # noqa: E402
 from webscale.examples.telemetry import Reading, Telemetry, decode_telemetry  # noqa: E402
+from webscale.frames import server_frames  # noqa: E402
 
 HAND = "decode_telemetry (orjson + dataclasses, type-checked)"
 GENERIC = "build_decoder(Telemetry) (generated, same checks)"
@@ -72,6 +75,18 @@ def frame_parse(frames: list[bytes]) -> Callable[[int], object]:
         conn = Connection(ConnectionType.SERVER)
         conn.receive_data(frames[i])
         return list(conn.events())
+    return run
+
+
+def frame_stream(make: Callable[[], frame_protocol.FrameProtocol],
+                 frames: list[bytes]) -> Callable[[int], object]:
+    """Feed one frame to a long-lived frame state machine and take its frames, as a
+    connection does for every read."""
+    protocol = make()
+
+    def run(i: int) -> object:
+        protocol.receive_bytes(frames[i])
+        return list(protocol.received_frames())
     return run
 
 
@@ -117,6 +132,11 @@ def main() -> int:
     if fastmask.install():
         rows["wsproto frame parse, C unmask (as the server runs)"] = per_call(
             frame_parse(frames), indices, args.number, args.repeat)
+        rows["frame path: wsproto FrameProtocol, C unmask"] = per_call(
+            frame_stream(lambda: frame_protocol.FrameProtocol(False, []), frames), indices,
+            args.number, args.repeat)
+        rows["frame path: webscale/frames.py (as the server runs)"] = per_call(
+            frame_stream(lambda: server_frames([]), frames), indices, args.number, args.repeat)
         frame_protocol.XorMaskerSimple = python_masker  # type: ignore[misc]
 
     print(f"one {args.size}-byte message: template {template.readings_count} readings, notes "

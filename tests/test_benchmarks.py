@@ -44,6 +44,8 @@ def test_decode_cost_reports_every_floor(tmp_path: Path) -> None:
         assert decode > loads and generic > loads  # the decodes include the parse
     assert set(ratios) == {"template", "notes"} and all(r > 0 for r in ratios.values())
     assert any(name.startswith("wsproto frame parse, C unmask") for name in rows)
+    assert rows["frame path: webscale/frames.py (as the server runs)"] > 0
+    assert rows["frame path: wsproto FrameProtocol, C unmask"] > 0
 
 
 def test_handoff_cost_measures_every_pool(tmp_path: Path) -> None:

@@ -107,3 +107,20 @@ def test_the_check_sees_type_checking_and_function_imports(tmp_path: Path) -> No
 def test_every_module_has_a_layer() -> None:
     for path in SOURCES:
         layer_of(module_name(path))
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    layout = readme[readme.index("## Layout\n"):readme.index("## Tests\n")]
+    named = set()
+    for row in layout.splitlines():
+        if row.startswith("| `webscale/"):
+            cell = row.split("|")[1]
+            folder = cell.strip().strip("`").rsplit("/", 1)[0] + "/"  # webscale/ or examples/
+            for item in cell.split(","):
+                item = item.strip().strip("`")
+                named.add(item if "/" in item else folder + item)
+    quiet = {"webscale/__main__.py", "webscale/examples/__init__.py"}
+    files = {str(p.relative_to(PACKAGE.parent)) for p in SOURCES}
+    missing = sorted(files - quiet - named)
+    assert not missing, f"README.md's Layout does not name: {missing}"
