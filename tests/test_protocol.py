@@ -15,10 +15,10 @@ import pytest
 
 from webscale.budget import MemoryBudget
 from webscale.http import Response
+from webscale.reassembly import FRAGMENT_OVERHEAD
 from webscale.protocol import (
     BACKLOG,
     EVENTS_PER_CALL,
-    FRAGMENT_OVERHEAD,
     Closed,
     Event,
     HandshakeFailed,

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from webscale.connection import _ALLOWED as CONN_MOVES
-from webscale.connection import Transport
+from webscale.transport import _ALLOWED as CONN_MOVES
+from webscale.transport import Transport
 from webscale.errors import StateError
 from webscale.protocol import _ALLOWED as PHASE_MOVES
 from webscale.protocol import Phase

@@ -17,29 +17,30 @@ reading is paused (backpressure, or an upgrade waiting for its decision), WRITE 
 outbound buffer is non-empty (or TLS needs it). Timers bound the handshake, detect dead peers
 (ping/pong) and idle ones, and bound the close handshake.
 
-Two parts of the class live in their own modules: `outbound.Outbound` (the queue of bytes for the
-socket, slow readers, handlers waiting for room) and `keepalive.Deadlines` (the handshake,
-keepalive, idle and close timers). A connection holding a partial message while the server's
+Four parts of the class live in their own modules: `transport.Interest` (the transport state,
+the selector interest and why reading is paused), `outbound.Outbound` (the queue of bytes for the
+socket, slow readers, handlers waiting for room), `keepalive.Deadlines` (the handshake,
+keepalive, idle and close timers) and `endings.Endings` (close, abort, shedding, a lost peer,
+releasing what the connection holds). A connection holding a partial message while the server's
 memory budget is over is held (not read) until it recovers, or closed by the budget's guard
 (`shed`).
 """
 
 from __future__ import annotations
 
-import enum
-import errno
 import logging
 import socket
 import ssl
 import threading
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import tls
 from .budget import MemoryBudget
 from .config import ConnectionSettings
 from .http import PeerCertificate, Request, Response
+from .endings import Endings
 from .keepalive import Deadlines
-from .loop import EVENT_READ, EVENT_WRITE, EventLoop, Timer
+from .loop import EventLoop, Timer
 from .outbound import Outbound
 from .protocol import (
     BacklogPending,
@@ -53,23 +54,10 @@ from .protocol import (
     ServerProtocol,
 )
 from .rejections import log_rejection, peer
-from .states import check_move
 from .stats import Stats
+from .transport import _PARSING_BACKLOG, Interest, Transport
 
 logger = logging.getLogger(__name__)
-
-
-class Transport(enum.Enum):
-    TLS_HANDSHAKE = "tls-handshake"
-    OPEN = "open"      # bytes flow; the protocol's phase says what they mean
-    CLOSED = "closed"
-
-
-_ALLOWED: dict[Transport, frozenset[Transport]] = {
-    Transport.TLS_HANDSHAKE: frozenset({Transport.OPEN, Transport.CLOSED}),
-    Transport.OPEN: frozenset({Transport.CLOSED}),
-    Transport.CLOSED: frozenset(),
-}
 
 
 class Owner(Protocol):
@@ -101,16 +89,11 @@ class Owner(Protocol):
 # Reads per readiness event before yielding to other connections (fairness under load).
 _READS_PER_EVENT = 8
 
-# Why reading is paused (`reading_paused` is a set of these bits; truthy while any is set).
-_PAUSED_BY_DISPATCHER = 1  # its mailbox is full (dispatch.py)
-_HELD_BY_BUDGET = 2        # it holds a partial message while the memory budget is over
-_PARSING_BACKLOG = 4       # frames wait in the protocol's buffer (protocol.EVENTS_PER_CALL)
-
 # Close codes of a peer's fault (RFC 6455 §7.4.1), logged as rejections when we fail with them.
 _FAILURES = frozenset({1002, 1003, 1007, 1009})
 
 
-class Connection(Outbound, Deadlines):
+class Connection(Interest, Outbound, Deadlines, Endings):
     __slots__ = ("conn_id", "loop", "sock", "address", "proto", "settings", "owner", "stats",
                  "transport", "out", "out_bytes", "interest", "tls_want", "read_wants_write",
                  "write_wants_read", "reading_paused", "upgrade_pending", "websocket",
@@ -118,6 +101,9 @@ class Connection(Outbound, Deadlines):
                  "ping_sent_at", "last_recv", "ping_count", "close_code", "outstanding",
                  "peer_cert", "budget", "out_accounted", "sent_bytes", "drain_timer",
                  "drain_mark", "send_waiters")
+
+    if TYPE_CHECKING:  # the whole Owner; endings.Endings declares only what it uses of it
+        owner: Owner
 
     def __init__(self, loop: EventLoop, sock: socket.socket, protocol: ServerProtocol,
                  settings: ConnectionSettings, owner: Owner, stats: Stats,
@@ -163,15 +149,6 @@ class Connection(Outbound, Deadlines):
 
     def start(self) -> None:
         self._update_interest()
-
-    # -- state ------------------------------------------------------------------------------
-    def _enter(self, to: Transport, why: str) -> None:
-        self.transport = check_move(_ALLOWED, self.transport, to, why, self.conn_id, logger)
-
-    @property
-    def closed(self) -> bool:
-        # A method, not an inline test: mypy would keep the state narrowed across _flush().
-        return self.transport is Transport.CLOSED
 
     @property
     def is_websocket(self) -> bool:
@@ -382,84 +359,7 @@ class Connection(Outbound, Deadlines):
             logger.debug("conn %d: closed %d %r by %s", self.conn_id, event.code, event.reason,
                          "peer" if event.by_peer else "server")
 
-    # -- the selector -----------------------------------------------------------------------
-    def _update_interest(self) -> None:
-        transport = self.transport
-        if transport is Transport.CLOSED:
-            return
-        if transport is Transport.TLS_HANDSHAKE:
-            want = EVENT_WRITE if self.tls_want is tls.Want.WRITE else EVENT_READ
-        else:
-            want = 0
-            if not (self.reading_paused or self.upgrade_pending) or self.write_wants_read:
-                want = EVENT_READ
-            if self.out or self.read_wants_write:
-                want |= EVENT_WRITE
-        if want == self.interest:
-            return
-        if self.interest == 0:
-            self.loop.register(self.sock, want, self)
-        elif want == 0:
-            self.loop.unregister(self.sock)
-        else:
-            self.loop.modify(self.sock, want, self)
-        self.interest = want
-
     # -- called by the dispatcher and handles (loop thread) ----------------------------------
-    def pause_reading(self, paused: bool) -> None:
-        """Backpressure from the dispatcher: stop (or resume) reading this client."""
-        flags = self.reading_paused
-        self._set_paused(flags | _PAUSED_BY_DISPATCHER if paused
-                         else flags & ~_PAUSED_BY_DISPATCHER)
-
-    def _hold_for_budget(self) -> None:
-        """Over the memory budget with a partial message: read nothing until it recovers."""
-        self._set_paused(self.reading_paused | _HELD_BY_BUDGET)
-        self.budget.hold(self)
-
-    def release_budget_hold(self) -> None:
-        """The memory budget recovered: read this client again."""
-        self._set_paused(self.reading_paused & ~_HELD_BY_BUDGET)
-
-    def _set_paused(self, flags: int) -> None:
-        was = self.reading_paused
-        if flags == was or self.closed:
-            return
-        self.reading_paused = flags
-        if bool(flags) == bool(was):
-            return
-        self.stats.paused_connections += 1 if flags else -1
-        self._update_interest()
-        if not flags and tls.pending_plaintext(self.sock):
-            self.loop.call_soon(self.on_readable)
-
-    def shed(self, code: int) -> None:
-        """The memory budget's guard closes this client (1008/1009): what it holds is dropped,
-        reading stops, and the close frame follows the reply already on its way."""
-        if self.closed:
-            return
-        phase = self.proto.phase
-        if phase is not Phase.OPEN and phase is not Phase.FAILING:
-            # Closing already (its close frame queued behind what it holds), or not a
-            # WebSocket: let it go now.
-            self.proto.abort()
-            self._close_transport()
-            return
-        log_rejection(logger, "conn %d: closing %s with %d to recover memory: %d bytes of a "
-                      "partial message, %d queued for it", self.conn_id, peer(self.address),
-                      code, self.proto.partial_bytes, self.out_bytes)
-        self.stats.memory_sheds += 1
-        self.budget.forget(self)
-        self._record_close(code)
-        self._drop_queued_output()
-        # Failed at once, not after the replies to what came before (handlers still running
-        # for it would queue more): the close frame follows the reply already on its way.
-        self.proto.fail(code)
-        self.proto.fail_now()
-        self.proto.drop_partial()
-        self._arm_close_timer()
-        self._flush()
-
     def messages_done(self, count: int) -> None:
         """The owner finished `count` of the messages it was given (their replies are out)."""
         self.outstanding -= count
@@ -474,89 +374,3 @@ class Connection(Outbound, Deadlines):
         if self.proto.send_message(data):
             self.stats.messages_out += 1
             self._flush()
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        """Start a clean close: a close frame when open, otherwise just drop the socket."""
-        if self.closed:
-            return
-        phase = self.proto.phase
-        if phase is Phase.OPEN or phase is Phase.FAILING:
-            self.proto.close(code, reason)
-            self._arm_close_timer()
-            self._flush()
-        elif phase is not Phase.CLOSING:
-            self.proto.abort()
-            self._close_transport()
-
-    def abort(self) -> None:
-        """Drop the connection now, without a close handshake (the server is exiting)."""
-        self.proto.abort()
-        self._close_transport()
-
-    # -- endings ----------------------------------------------------------------------------
-    def _record_close(self, code: int) -> None:
-        """Count how a WebSocket ended, once per connection (closes by code in /stats)."""
-        if not self.close_code and self.websocket:
-            self.close_code = code
-            self.stats.closes_by_code[code] += 1
-
-    def _peer_gone(self, exc: BaseException) -> None:
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("conn %d: connection lost in %s: %r", self.conn_id,
-                         self.proto.phase.value, exc)
-        self._record_close(self.proto.local_close_code or 1006)
-        self.proto.abort()
-        self._close_transport()
-
-    def _fail_unexpectedly(self, exc: BaseException) -> None:
-        # A bug of ours, not the peer's fault: log it fully, tell the peer only 1011.
-        logger.error("conn %d: unexpected error in %s", self.conn_id, self.proto.phase.value,
-                     exc_info=exc)
-        if self.closed:
-            return
-        if self.proto.phase is Phase.OPEN:
-            try:
-                self.proto.close(1011, "internal error")
-                tls.send(self.sock, self.proto.data_to_send())
-            except Exception as close_exc:  # best effort on the way out; the cause is logged above
-                logger.debug("conn %d: 1011 close frame not sent: %r", self.conn_id, close_exc)
-        self._record_close(1011)
-        self.proto.abort()
-        self._close_transport()
-
-    def _close_transport(self) -> None:
-        if self.transport is Transport.CLOSED:
-            return
-        self._enter(Transport.CLOSED, "transport closed")
-        for timer in (self.handshake_timer, self.keepalive_timer, self.close_timer):
-            if timer is not None:
-                timer.cancel()
-        self.handshake_timer = self.keepalive_timer = self.close_timer = None
-        if self.interest:
-            try:
-                self.loop.unregister(self.sock)
-            except (KeyError, ValueError):
-                pass
-            self.interest = 0
-        if self.reading_paused:
-            self.reading_paused = 0
-            self.stats.paused_connections -= 1
-        try:
-            self.sock.close()
-        except OSError as exc:
-            if exc.errno != errno.EBADF:
-                logger.debug("conn %d: close: %r", self.conn_id, exc)
-        self.out.clear()
-        self.out_bytes = 0
-        self.proto.drop_partial()
-        self.budget.used -= self.out_accounted
-        self.out_accounted = 0
-        self.budget.forget(self)
-        if self.drain_timer is not None:
-            self.drain_timer.cancel()
-            self.drain_timer = None
-        if self.send_waiters is not None:
-            for _, waiter in self.send_waiters:
-                waiter.set()
-            self.send_waiters = None
-        self.owner.on_closed(self)

@@ -97,3 +97,23 @@ def check_connection_budget(
         f"({reserve} descriptors are kept for listeners and internals): at most {fits} clients "
         f"can connect; raise the limit (LimitNOFILE=, ulimit -n) or lower --max-connections"
     )
+
+
+def default_max_handshaking(max_connections: int) -> int:
+    """--max-handshaking's default: a quarter of --max-connections, at least 64 of them."""
+    return max(min(64, max_connections), max_connections // 4)
+
+
+def default_max_connections(memory: int | None, workers: int = 1) -> int:
+    """--max-connections' default: the open-files limit (read after raise_nofile_limit()) less
+    DEFAULT_RESERVE, or what half of `memory` holds (memory_connection_limit) if that is
+    fewer."""
+    by_memory = memory_connection_limit(memory, workers)
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ValueError, OSError):
+        by_files = 1000
+    else:
+        by_files = (100_000 if soft == resource.RLIM_INFINITY
+                    else max(1, soft - DEFAULT_RESERVE))
+    return by_files if by_memory is None else min(by_files, by_memory)

@@ -19,12 +19,12 @@ the ~10 us a 10 KB message takes. Pings are answered here. Fragments are reassem
 measured encoded; with permessage-deflate, inflated bytes, bounded in deflate.py before they are
 made) plus `FRAGMENT_OVERHEAD` for every frame before a message's last, zero-length ones included:
 each costs parsing whatever it holds, so a message of empty fragments reaches the cap too instead
-of never. The pieces are kept in one buffer, charged to the server's memory budget (budget.py). Too
-big fails the connection with 1009 (RFC 6455 §7.4.1) and nothing more is parsed; at most
-EVENTS_PER_CALL frames are parsed per call, the rest on the loop's next turn (`parse_backlog`). The
-close handshake is completed with the right code. A protocol violation (wsproto's ParseFailed)
-parks the connection in FAILING until the pool has answered what came before it (`fail_now()` then
-sends the close frame).
+of never. The pieces are kept in one buffer (reassembly.py), charged to the server's memory budget
+(budget.py). Too big fails the connection with 1009 (RFC 6455 §7.4.1) and nothing more is parsed;
+at most EVENTS_PER_CALL frames are parsed per call, the rest on the loop's next turn
+(`parse_backlog`). The close handshake is completed with the right code. A protocol violation
+(wsproto's ParseFailed) parks the connection in FAILING until the pool has answered what came
+before it (`fail_now()` then sends the close frame).
 
 This is the one state machine of a connection's HTTP and WebSocket life; the connection layer
 only tracks its transport. This module never touches sockets, threads or clocks: the connection
@@ -37,7 +37,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from wsproto import WSConnection
 from wsproto.events import AcceptConnection
@@ -58,6 +58,7 @@ from .events import (
 )
 from .frames import server_frames
 from .http import Response
+from .reassembly import Reassembly
 from .states import check_move
 from .upgrade import HeadReader, HeadRefused
 
@@ -102,11 +103,6 @@ class ProtocolLimits:
 # buffer for parse_backlog(), which the connection calls on the loop's next turn.
 EVENTS_PER_CALL = 128
 
-# Charged against --max-message-size for every frame before a message's last: a frame costs
-# parsing whatever it carries, so empty and tiny fragments reach the cap too. A message in one
-# frame is charged nothing, however many reads it arrives in.
-FRAGMENT_OVERHEAD = 64
-
 _TEXT, _BINARY, _PING, _PONG, _CLOSE = (Opcode.TEXT, Opcode.BINARY, Opcode.PING, Opcode.PONG,
                                         Opcode.CLOSE)
 
@@ -115,10 +111,13 @@ _CLOSE_REASONS = {1002: "protocol error", 1007: "invalid message data", 1008: "m
                   1009: "message too big"}
 
 
-class ServerProtocol:
+class ServerProtocol(Reassembly):
     __slots__ = ("limits", "phase", "_reader", "_handshake", "_ws", "_out", "_partial",
                  "_part_bytes", "_discarding", "_close_code", "_pending_input", "conn_id",
                  "extensions", "_budget", "_deflate", "_partial_text", "backlog")
+
+    if TYPE_CHECKING:  # the whole limits; reassembly.Reassembly declares only what it reads
+        limits: ProtocolLimits
 
     def __init__(self, limits: ProtocolLimits, conn_id: int = 0,
                  budget: MemoryBudget | None = None) -> None:
@@ -180,18 +179,6 @@ class ServerProtocol:
     @property
     def has_output(self) -> bool:
         return bool(self._out)
-
-    @property
-    def partial_bytes(self) -> int:
-        """What the message being reassembled holds, as charged to the memory budget."""
-        return self._part_bytes
-
-    def drop_partial(self) -> None:
-        """Forget the message being reassembled and give its bytes back to the budget."""
-        if self._partial is not None:
-            self._budget.used -= self._part_bytes
-            self._part_bytes = 0
-            self._partial = None
 
     # -- input ----------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[Event]:
@@ -300,8 +287,9 @@ class ServerProtocol:
                 parsed += 1
                 opcode = frame.opcode
                 if opcode is _TEXT or opcode is _BINARY:
-                    message = self._collect(cast(str | bytes, frame.payload),
-                                            frame.frame_finished, frame.message_finished)
+                    message = None if self._discarding or self.phase is Phase.CLOSED else \
+                        self._collect(cast(str | bytes, frame.payload), frame.frame_finished,
+                                      frame.message_finished)
                     if message is not None:
                         out.append(message)
                     elif self._discarding and self.phase is Phase.FAILING:
@@ -326,53 +314,6 @@ class ServerProtocol:
         except ParseFailed as exc:
             out.append(self._on_violation(exc.code, str(exc)))
         return out
-
-    def _collect(self, data: str | bytes, frame_finished: bool,
-                 finished: bool) -> MessageReceived | None:
-        if self._discarding or self.phase is Phase.CLOSED:
-            return None
-        if self._partial is None and finished:  # the usual: one piece
-            limit = self.limits.max_message_size
-            size = len(data)
-            # Text is counted encoded, as sent; a character is 4 bytes at most, so only text
-            # longer than a quarter of the cap needs measuring.
-            if size << 2 > limit and data.__class__ is str and not data.isascii():
-                size = len(data.encode())
-            if size > limit:
-                self._too_big()
-                return None
-            return MessageReceived(data)
-        return self._collect_piece(data, frame_finished, finished)
-
-    def _collect_piece(self, data: str | bytes, frame_finished: bool,
-                       finished: bool) -> MessageReceived | None:
-        """One piece of a message that came in several: frames, or reads of one frame."""
-        piece = data.encode() if isinstance(data, str) else data
-        size = len(piece)
-        held = self._part_bytes
-        total = held + size
-        if frame_finished and not finished:
-            total += FRAGMENT_OVERHEAD
-        if total > self.limits.max_message_size:
-            self._too_big()
-            return None
-        partial = self._partial
-        if partial is None:
-            partial = self._partial = bytearray()
-            self._partial_text = isinstance(data, str)
-        if size:
-            partial += piece
-        if finished:
-            self._partial = None
-            self._part_bytes = 0
-            self._budget.used -= held
-            return MessageReceived(partial.decode() if self._partial_text else bytes(partial))
-        self._part_bytes = total
-        budget = self._budget
-        budget.used += total - held
-        if budget.used > budget.limit and not budget.over:
-            budget.went_over()
-        return None
 
     def _too_big(self) -> None:
         """Refuse the message: fail with 1009 (close() when already closing)."""

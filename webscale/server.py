@@ -18,7 +18,7 @@ draining, then admission.py: 403 for an Origin --allowed-origin does not list, a
 `serve_forever()` runs the loop through the process scaffold: SIGTERM/SIGINT begin a drain (stop
 accepting, close every WebSocket with 1001, let the pool finish what was received) bounded by
 --shutdown-timeout; a second SIGINT exits at once; SIGHUP reloads the certificate and the client
-CA for new connections.
+CA for new connections (drain.py, a part of the class).
 
 The service manager hears about all of this through a `Notifier` (systemd.SystemdNotifier, a no-op
 without $NOTIFY_SOCKET): READY=1 once listening, STATUS= with connection counts, WATCHDOG=1 from a
@@ -51,6 +51,7 @@ from .config import Config
 from .config import ConnectionSettings
 from .connection import Connection
 from .dispatch import Dispatcher
+from .drain import Draining
 from .units import Decoder, Handler
 from .gate import Gate, GateSettings
 from .handle import ConnectionHandle
@@ -72,7 +73,7 @@ logger = logging.getLogger(__name__)
 _REFUSAL_HEADROOM = 256
 
 
-class Server:
+class Server(Draining):
     def __init__(self, config: Config, *, handler: Handler | None = None,
                  decode: Decoder | None = None,
                  listen_sockets: list[socket.socket] | None = None,
@@ -125,10 +126,10 @@ class Server:
                                    authorizer=authorize,
                                    handshake_timeout=config.handshake_timeout)
         self.on_message = self.dispatcher.deliver  # type: ignore[method-assign, assignment]
-        self.max_connections = config.max_connections or _default_max_connections(
-            config.workers)
+        self.max_connections = config.max_connections or limits.default_max_connections(
+            physical_memory(), config.workers)
         self.max_handshaking = (config.max_handshaking
-                                or default_max_handshaking(self.max_connections))
+                                or limits.default_max_handshaking(self.max_connections))
         self.connections: dict[int, Connection] = {}
         self.websockets = 0  # upgrades accepted and not yet closed: what --max-connections caps
         per_address = None
@@ -328,112 +329,6 @@ class Server:
         finally:
             self._close_everything()
         return self.exit_code
-
-    def _on_signal(self, signum: int) -> None:
-        if signum == signal.SIGHUP:
-            self.notifier.reloading()
-            self.reload_certificate()
-            self.notifier.ready(self.status_text())
-        elif signum == signal.SIGINT:
-            self._sigint_count += 1
-            if self._sigint_count >= 2:
-                logger.warning("second SIGINT: exiting now")
-                self.exit_code = 130
-                self.scaffold.stop()
-                return
-            self.begin_shutdown("SIGINT")
-        else:
-            self.begin_shutdown(signal.Signals(signum).name)
-
-    def reload_certificate(self) -> None:
-        if not self.config.tls:
-            return
-        try:
-            self.ssl_context = self._make_ssl_context()
-        except (ssl.SSLError, OSError) as exc:
-            logger.error("certificate reload failed, keeping the old one: %s", exc)
-            return
-        client_ca = self.config.client_ca
-        logger.info("certificate reloaded%s; new connections use it",
-                    f" with client CA {client_ca}" if client_ca is not None else "")
-
-    def begin_shutdown(self, why: str) -> None:
-        if self._draining:
-            return
-        self._draining = True  # from here /healthz and new upgrades get 503
-        grace = self.config.drain_grace
-        self._drain_deadline = self.loop.time() + grace + self.config.shutdown_timeout
-        self.notifier.stopping(f"draining {len(self.connections)} connections")
-        logger.info("%s: draining %d connections, %d messages in flight (grace %.1fs, deadline "
-                    "%.1fs)", why, len(self.connections), self.dispatcher.in_flight_total,
-                    grace, grace + self.config.shutdown_timeout)
-        if grace > 0:
-            self.loop.call_later(grace, self._close_for_shutdown)
-        else:
-            self._close_for_shutdown()
-
-    def _close_for_shutdown(self) -> None:
-        """Stop accepting, close every connection with 1001, then wait for the drain."""
-        if self.listeners is not None:
-            self.listeners.close()
-        self.gate.abort_pending()
-        for conn in list(self.connections.values()):
-            conn.close(1001, "server shutting down")
-        self._check_drained()
-
-    def _check_drained(self) -> None:
-        if not self.connections and self.dispatcher.idle:
-            logger.info("drained: all connections closed and all messages handled")
-            self.scaffold.stop()
-            return
-        if self.loop.time() >= self._drain_deadline:
-            logger.error("shutdown deadline passed with %d connections open and %d messages "
-                         "unhandled", len(self.connections), self.dispatcher.in_flight_total)
-            self.exit_code = 1 if self.dispatcher.in_flight_total else 0
-            self.scaffold.stop()
-            return
-        self.loop.call_later(0.02, self._check_drained)
-
-    def stop(self) -> None:
-        """Thread-safe: stop at once (tests, embedding)."""
-        self.scaffold.stop()
-
-    def _close_everything(self) -> None:
-        self.gate.abort_pending()
-        for conn in list(self.connections.values()):
-            conn.abort()
-        # The admin listener stays up through the drain, so the drain can be watched.
-        if self.admin is not None:
-            self.admin.close()
-        if self.snapshot_responder is not None:
-            self.snapshot_responder.close()
-        if self.listeners is not None:
-            self.listeners.close()
-        graceful = self.exit_code == 0 and self.dispatcher.idle
-        self.memory_guard.cancel()
-        self.dispatcher.shutdown(wait=graceful)
-        self.loop.close()
-
-
-def default_max_handshaking(max_connections: int) -> int:
-    """--max-handshaking's default: a quarter of --max-connections, at least 64 of them."""
-    return max(min(64, max_connections), max_connections // 4)
-
-
-def _default_max_connections(workers: int = 1) -> int:
-    """The open-files limit (read after run() raised it) less limits.DEFAULT_RESERVE, or what
-    half of memory holds (limits.memory_connection_limit) if that is fewer."""
-    by_memory = limits.memory_connection_limit(physical_memory(), workers)
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (ImportError, ValueError, OSError):
-        by_files = 1000
-    else:
-        by_files = (100_000 if soft == resource.RLIM_INFINITY
-                    else max(1, soft - limits.DEFAULT_RESERVE))
-    return by_files if by_memory is None else min(by_files, by_memory)
 
 
 def run(config: Config, *, app: App | None = None,

@@ -44,14 +44,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +57,16 @@ from . import limits
 from .admin import AdminListener, bind_admin
 from .config import Config
 from .config import ConnectionSettings
-from .loop import EVENT_READ, EventLoop, Timer
+from .loop import EVENT_READ, EventLoop
 from .metrics import render_workers
 from .process import ProcessScaffold, bind, urls
 from .protocol import ProtocolLimits
 from .snapshots import SnapshotClient, worker_socket_path
 from .stats import sum_snapshots
+from .supervisor_signals import SupervisorSignals
 from .systemd import SystemdNotifier, listen_fds
 from .worker import worker_arguments
+from .worker_slot import WorkerSlot
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,6 @@ _WORKER_START_SECONDS = 30.0
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 30.0
 _STABLE_SECONDS = 30.0
-# Workers get --shutdown-timeout to drain; this much more to exit before they are killed.
-_DRAIN_MARGIN = 5.0
 # Exit statuses that mean "stopped as asked": drained (0), or signalled before its handler was in.
 _CLEAN_EXITS = (0, -signal.SIGTERM, -signal.SIGINT)
 # How long an admin request waits for the workers' snapshots. A worker answers from its loop,
@@ -91,24 +89,8 @@ _SNAPSHOT_TIMEOUT = 2.0
 
 
 # -- the supervisor --------------------------------------------------------------------------
-@dataclass(slots=True)
-class _WorkerSlot:
-    index: int
-    notify_sock: socket.socket
-    notify_path: str
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-    ready: bool = False
-    last_heartbeat: float = 0.0
-    status: str = "starting"
-    quick_deaths: int = 0
-    restart_timer: Timer | None = None
-    reload_when_ready: bool = False
-    exit_codes: list[int] = field(default_factory=list)
-
-
 class _NotifyReader:
-    def __init__(self, supervisor: Supervisor, slot: _WorkerSlot) -> None:
+    def __init__(self, supervisor: Supervisor, slot: WorkerSlot) -> None:
         self.supervisor = supervisor
         self.slot = slot
 
@@ -119,7 +101,7 @@ class _NotifyReader:
         pass
 
 
-class Supervisor:
+class Supervisor(SupervisorSignals):
     def __init__(self, config: Config, argv: list[str]) -> None:
         self.config = config
         # The command line we were started with ("serve ..."); workers get it back plus --port.
@@ -130,7 +112,7 @@ class Supervisor:
                                         self._on_signal)
         self.scaffold.healthy = self._workers_accounted_for
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="webscale-"))
-        self.slots: list[_WorkerSlot] = []
+        self.slots: list[WorkerSlot] = []
         self.reserved: socket.socket | None = None  # Linux: bound, not listening
         self.shared: list[socket.socket] = []  # otherwise: listening, inherited by workers
         self.admin: AdminListener | None = None
@@ -175,13 +157,13 @@ class Supervisor:
     def urls(self) -> list[str]:
         return urls([self.reserved] if self.reserved else self.shared, self.config.scheme)
 
-    def _make_slot(self, index: int) -> _WorkerSlot:
+    def _make_slot(self, index: int) -> WorkerSlot:
         path = str(self.runtime_dir / f"notify-{index}.sock")
         # Close-on-exec already (PEP 446); macOS has no SOCK_CLOEXEC to ask for.
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(path)
         sock.setblocking(False)
-        slot = _WorkerSlot(index, sock, path)
+        slot = WorkerSlot(index, sock, path)
         self.loop.register(sock, EVENT_READ, _NotifyReader(self, slot))
         return slot
 
@@ -212,7 +194,7 @@ class Supervisor:
             self._cleanup()
         return self.exit_code
 
-    def _spawn(self, slot: _WorkerSlot) -> None:
+    def _spawn(self, slot: WorkerSlot) -> None:
         slot.restart_timer = None
         self._drain_notifications(slot)  # leftovers from the previous incarnation
         env = dict(os.environ)
@@ -245,7 +227,7 @@ class Supervisor:
         if self.draining and all(slot.proc is None for slot in self.slots):
             self.scaffold.stop()
 
-    def _worker_exited(self, slot: _WorkerSlot, code: int) -> None:
+    def _worker_exited(self, slot: WorkerSlot, code: int) -> None:
         assert slot.proc is not None
         pid, lived = slot.proc.pid, self.loop.time() - slot.started_at
         slot.proc, was_ready, slot.ready = None, slot.ready, False
@@ -272,14 +254,14 @@ class Supervisor:
         slot.restart_timer = self.loop.call_later(delay, self._spawn, slot)
 
     # -- notifications from workers ---------------------------------------------------------
-    def _drain_notifications(self, slot: _WorkerSlot) -> None:
+    def _drain_notifications(self, slot: WorkerSlot) -> None:
         try:
             while slot.notify_sock.recv(4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
 
-    def _read_notifications(self, slot: _WorkerSlot) -> None:
+    def _read_notifications(self, slot: WorkerSlot) -> None:
         for _ in range(64):
             try:
                 datagram = slot.notify_sock.recv(4096)
@@ -296,7 +278,7 @@ class Supervisor:
                 elif key == "READY":
                     self._worker_ready(slot)
 
-    def _worker_ready(self, slot: _WorkerSlot) -> None:
+    def _worker_ready(self, slot: WorkerSlot) -> None:
         slot.last_heartbeat = self.loop.time()
         if not slot.ready:
             slot.ready = True
@@ -377,86 +359,6 @@ class Supervisor:
         parts = [f"worker {slot.index}: {slot.status}" for slot in self.slots]
         state = "draining; " if self.draining else ""
         return f"{state}{up}/{len(self.slots)} workers up; " + "; ".join(parts)
-
-    # -- signals ----------------------------------------------------------------------------
-    def _on_signal(self, signum: int) -> None:
-        if signum == signal.SIGCHLD:
-            return  # _reap runs after every iteration
-        if signum == signal.SIGHUP:
-            self._reload()
-            return
-        if signum == signal.SIGINT:
-            self._sigint_count += 1
-            if self._sigint_count >= 2:
-                self.exit_code = 130
-        self.begin_shutdown(signal.Signals(signum).name, signum)
-
-    def _reload(self) -> None:
-        if self.draining:
-            return
-        logger.info("SIGHUP: reloading every worker's certificate")
-        self.notifier.reloading()
-        for slot in self.slots:
-            if slot.ready:
-                self._awaiting_reload.add(slot.index)
-                self._signal_worker(slot, signal.SIGHUP)
-            elif slot.proc is not None:
-                slot.reload_when_ready = True
-        self._maybe_reloaded()
-
-    def _maybe_reloaded(self) -> None:
-        if not self._awaiting_reload and self.announced and not self.draining:
-            self.notifier.ready(self.status_text())
-
-    def begin_shutdown(self, why: str, signum: int) -> None:
-        """Forward `signum` to every worker; the first call also starts the drain."""
-        if not self.draining:
-            self.draining = True
-            self._awaiting_reload.clear()
-            logger.info("%s: draining %d workers", why,
-                        sum(1 for slot in self.slots if slot.proc is not None))
-            self.notifier.stopping("draining workers")
-            for slot in self.slots:
-                if slot.restart_timer is not None:
-                    slot.restart_timer.cancel()
-                    slot.restart_timer = None
-            self.loop.call_later(self.config.drain_grace + self.config.shutdown_timeout
-                                 + _DRAIN_MARGIN,
-                                 self._drain_deadline)
-        for slot in self.slots:
-            self._signal_worker(slot, signum)
-
-    def _drain_deadline(self) -> None:
-        for slot in self.slots:
-            if slot.proc is not None:
-                logger.error("worker %d (pid %d) still running after the drain deadline: "
-                             "killing it", slot.index, slot.proc.pid)
-                slot.proc.kill()
-                self.exit_code = self.exit_code or 1
-
-    def _signal_worker(self, slot: _WorkerSlot, signum: int) -> None:
-        if slot.proc is not None and slot.proc.returncode is None:
-            try:
-                slot.proc.send_signal(signum)
-            except ProcessLookupError:
-                pass  # exited a moment ago; _reap will see it
-
-    def _cleanup(self) -> None:
-        if self.admin is not None:
-            self.admin.close()
-        if self.snapshots is not None:
-            self.snapshots.close()
-        for slot in self.slots:
-            if slot.proc is not None and slot.proc.poll() is None:
-                slot.proc.kill()
-                slot.proc.wait()
-            self.loop.unregister(slot.notify_sock)
-            slot.notify_sock.close()
-        for sock in [*self.shared, *([self.reserved] if self.reserved else [])]:
-            sock.close()
-        self.loop.close()
-        self.notifier.close()
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
 def kernel_balances_reuseport() -> bool:
