@@ -73,7 +73,7 @@ class Config:
     # Invalid JSON is always counted; "close" also closes that connection with 1007.
     invalid_json: InvalidJsonPolicy = "keep"
     # 1 MiB, as websockets' default: 100x the workload's message. Bytes as sent (text encoded,
-    # inflated with deflate), plus 64 for each frame before a message's last (protocol.py).
+    # inflated with deflate), plus 64 for each frame before a message's last (reassembly.py).
     max_message_size: int = 1 << 20
     # 16 KiB of request head and 100 headers, as h11 and nginx (large_client_header_buffers) allow.
     max_header_bytes: int = 16 * 1024
