@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -24,6 +25,37 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = float(os.environ.get("WEBSCALE_TEST_UNIT", "1.0"))
+
+
+# A mask of zeros leaves the payload as it is: cheap for frames of megabytes.
+ZERO_MASK = b"\0\0\0\0"
+
+
+def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0,
+                 mask: bytes | None = b"\x37\xfa\x21\x3d", length_bytes: int | None = None,
+                 length: int | None = None) -> bytes:
+    """One client frame (RFC 6455 §5.2), masked with `mask` unless it is None (§5.3). For frames
+    that break the rules, `length_bytes` (0, 2 or 8) and `length` override how the payload's
+    length is encoded and what it says."""
+    n = len(payload) if length is None else length
+    if length_bytes is None:
+        length_bytes = 0 if n < 126 else 2 if n < 1 << 16 else 8
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    mask_bit = 0x80 if mask is not None else 0
+    if length_bytes == 0:
+        head += bytes([mask_bit | n])
+    elif length_bytes == 2:
+        head += bytes([mask_bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([mask_bit | 127]) + struct.pack("!Q", n)
+    if mask is None:
+        return head + payload
+    if mask == ZERO_MASK or not payload:
+        return head + mask + payload
+    size = len(payload)
+    key = (mask * (size // 4 + 1))[:size]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
+    return head + mask + masked
 
 
 def deadline(units: float) -> float:

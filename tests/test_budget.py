@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from helpers import ROOT, UNIT, ServerProcess, client_ssl_context, wait_for
+from helpers import ROOT, UNIT, ZERO_MASK, ServerProcess, client_frame, client_ssl_context, wait_for
 from test_hostile import UPGRADE, assert_quiet, rss_bytes
 from webscale import budget as budget_module
 from webscale.budget import (
@@ -222,19 +222,6 @@ def assert_round_trips_fast(result: dict[str, Any]) -> None:
                                 f"{[round(r * 1000) for r in rtts]}")
 
 
-def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    """A masked client frame; a zero mask keeps building it cheap for megabytes."""
-    n = len(payload)
-    first = (0x80 if fin else 0) | opcode
-    if n < 126:
-        head = struct.pack("!BB", first, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", first, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, n)
-    return head + b"\0\0\0\0" + payload
-
-
 def open_websocket(server: ServerProcess) -> ssl.SSLSocket:
     assert server.cafile is not None
     raw = socket.create_connection((server.host, server.port), timeout=5 * UNIT)
@@ -283,11 +270,12 @@ ECHO = ("--decode", "none", "--handler", "webscale.examples.echo:handle")
 
 
 def unfinished_binary(i: int) -> bytes:
-    return frame(0x2, bytes([i % 251]) * (MiB - 2048), fin=False)
+    return client_frame(0x2, bytes([i % 251]) * (MiB - 2048), fin=False, mask=ZERO_MASK)
 
 
 def unfinished_four_byte_text(i: int) -> bytes:
-    return frame(0x1, ("\U0001f600" * ((MiB - 2048) // 4)).encode(), fin=False)
+    return client_frame(0x1, ("\U0001f600" * ((MiB - 2048) // 4)).encode(), fin=False,
+                        mask=ZERO_MASK)
 
 
 @pytest.mark.parametrize("payload", [unfinished_binary, unfinished_four_byte_text],
@@ -320,7 +308,7 @@ def test_four_byte_text_over_the_cap_in_bytes_is_refused(server_factory: StartSe
     server = server_factory(*ECHO)
     sock = open_websocket(server)
     # 300,000 characters: under the 1 MiB cap counted in characters, 1.2 MB counted in bytes.
-    sock.sendall(frame(0x1, ("\U0001f600" * 300_000).encode()))
+    sock.sendall(client_frame(0x1, ("\U0001f600" * 300_000).encode(), mask=ZERO_MASK))
     data = b""
     while len(data) < 4:
         data += sock.recv(4096)
@@ -331,8 +319,8 @@ def test_four_byte_text_over_the_cap_in_bytes_is_refused(server_factory: StartSe
 
 def tiny_fragments(i: int) -> bytes:
     size = 2 if i % 2 else 0  # every other one: zero-length fragments
-    piece = frame(0x0, b"ab"[:size], fin=False)
-    return frame(0x2, b"ab"[:size], fin=False) + piece * (MiB // 64 + 10)
+    piece = client_frame(0x0, b"ab"[:size], fin=False, mask=ZERO_MASK)
+    return client_frame(0x2, b"ab"[:size], fin=False, mask=ZERO_MASK) + piece * (MiB // 64 + 10)
 
 
 def test_tiny_and_empty_fragments_reach_the_cap(server_factory: StartServer) -> None:
@@ -352,7 +340,7 @@ def test_tiny_and_empty_fragments_reach_the_cap(server_factory: StartServer) -> 
 
 
 def large_messages(i: int) -> bytes:
-    return frame(0x2, bytes([i]) * (MiB - 2048)) * 24
+    return client_frame(0x2, bytes([i]) * (MiB - 2048), mask=ZERO_MASK) * 24
 
 
 def test_large_messages_to_a_handler_that_blocks(server_factory: StartServer) -> None:

@@ -3,12 +3,12 @@ negotiation, and inflation bounded by --max-message-size (deflate bombs)."""
 
 from __future__ import annotations
 
-import struct
 import time
 import zlib
 
 import pytest
 
+from helpers import client_frame
 from webscale.deflate import valid_offer
 from webscale.protocol import (
     Closed,
@@ -72,18 +72,6 @@ def test_first_valid_offer_wins_and_nothing_leaks_from_the_others() -> None:
 
 
 # -- inflation bounded by --max-message-size -----------------------------------------------------
-def _masked(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
-    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", first, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", first, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, n)
-    return head + b"\0\0\0\0" + payload  # a zero mask leaves the payload as it is
-
-
 def _deflated(data: bytes) -> bytes:
     """What a permessage-deflate client sends for `data` (RFC 7692 §7.2.1)."""
     compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
@@ -105,17 +93,17 @@ def _deflate_open(max_message_size: int = 1 << 20) -> ServerProtocol:
 
 def test_compressed_messages_up_to_the_cap_are_inflated() -> None:
     proto = _deflate_open(max_message_size=100_000)
-    assert proto.receive_data(_masked(0x2, _deflated(b"\0" * 100_000), rsv1=True)) == [
+    assert proto.receive_data(client_frame(0x2, _deflated(b"\0" * 100_000), rsv=4)) == [
         MessageReceived(b"\0" * 100_000)]
-    assert proto.receive_data(_masked(0x1, _deflated(b"again"), rsv1=True)) == [
+    assert proto.receive_data(client_frame(0x1, _deflated(b"again"), rsv=4)) == [
         MessageReceived("again")]
 
 
 def test_a_ping_between_compressed_fragments_does_not_end_the_compression() -> None:
     proto = _deflate_open()
     body = _deflated(b"fragmented and compressed " * 10)
-    data = (_masked(0x1, body[:10], fin=False, rsv1=True) + _masked(0x9, b"hi")
-            + _masked(0x0, body[10:]))
+    data = (client_frame(0x1, body[:10], fin=False, rsv=4) + client_frame(0x9, b"hi")
+            + client_frame(0x0, body[10:]))
     assert proto.receive_data(data) == [MessageReceived("fragmented and compressed " * 10)]
     assert proto.data_to_send() == b"\x8a\x02hi"
 
@@ -125,7 +113,7 @@ def test_a_deflate_bomb_is_refused_after_inflating_the_cap_only() -> None:
     assert len(bomb) < 300_000
     proto = _deflate_open()
     started = time.thread_time()
-    events = proto.receive_data(_masked(0x2, bomb, rsv1=True))
+    events = proto.receive_data(client_frame(0x2, bomb, rsv=4))
     spent = time.thread_time() - started
     print(f"\na 256 MiB deflate bomb: refused after {spent * 1000:.1f} ms of CPU")
     assert [(type(e), getattr(e, "code", None)) for e in events] == [(Closed, 1009)]
@@ -137,8 +125,8 @@ def test_a_bomb_in_many_fragments_is_refused_too() -> None:
     bomb = _deflated(b"\0" * (64 << 20))
     proto = _deflate_open()
     pieces = [bomb[i:i + 1000] for i in range(0, len(bomb), 1000)]
-    data = _masked(0x2, pieces[0], fin=False, rsv1=True) + b"".join(
-        _masked(0x0, piece, fin=False) for piece in pieces[1:])
+    data = client_frame(0x2, pieces[0], fin=False, rsv=4) + b"".join(
+        client_frame(0x0, piece, fin=False) for piece in pieces[1:])
     started = time.thread_time()
     events = proto.receive_data(data)
     assert time.thread_time() - started < 0.05
@@ -150,6 +138,6 @@ def test_nothing_is_inflated_once_the_connection_is_closing() -> None:
     proto.close(1001, "going away")
     bomb = _deflated(b"\0" * (256 << 20))
     started = time.thread_time()
-    assert proto.receive_data(_masked(0x2, bomb, rsv1=True)) == []
+    assert proto.receive_data(client_frame(0x2, bomb, rsv=4)) == []
     assert time.thread_time() - started < 0.01
     assert proto.phase is Phase.CLOSING  # still waiting for the peer's close frame

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from wsproto import frame_protocol
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameDecoder, FrameProtocol, ParseFailed
 
+from helpers import client_frame
 from webscale import fastmask
 from webscale.frames import server_frames
 
@@ -35,30 +37,14 @@ def masker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
     monkeypatch.setattr(frame_protocol, "XorMaskerSimple", PYTHON_MASKER)
 
 
-def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True,
-          length_bytes: int | None = None, length: int | None = None) -> bytes:
-    """A frame as a client writes it, with room for every kind of mistake."""
-    size = len(payload) if length is None else length
-    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    if length_bytes is None:
-        length_bytes = 0 if size <= 125 else 2 if size <= 0xFFFF else 8
-    flag = 0x80 if mask else 0
-    if length_bytes == 0:
-        head += bytes([flag | size])
-    elif length_bytes == 2:
-        head += bytes([flag | 126]) + struct.pack("!H", size)
-    else:
-        head += bytes([flag | 127]) + struct.pack("!Q", size)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return head + key + masked
+def frame(opcode: int, payload: bytes, *, mask: bool = True, **rules: Any) -> bytes:
+    """A client frame with a fresh random key (or none), `rules` as helpers.client_frame's."""
+    return client_frame(opcode, payload, mask=os.urandom(4) if mask else None, **rules)
 
 
-def run(make: object, chunks: list[bytes]) -> list[object]:
+def run(make: Callable[[], FrameProtocol], chunks: list[bytes]) -> list[object]:
     """Feed the chunks one by one; the frames that came out, then the error if any."""
-    frames = make()  # type: ignore[operator]
+    frames = make()
     out: list[object] = []
     for chunk in chunks:
         frames.receive_bytes(chunk)

@@ -22,7 +22,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import UNIT, ServerProcess, client_ssl_context, deadline, start_server, wait_for
+from helpers import (
+    UNIT,
+    ServerProcess,
+    client_frame,
+    client_ssl_context,
+    deadline,
+    start_server,
+    wait_for,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from payloads import telemetry_json
@@ -40,25 +48,6 @@ WIRE_CLOSE_CODES = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010} | set(range(
 
 
 # -- a hand-made client -------------------------------------------------------------------------
-def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0,
-                 mask: bytes | None = b"\x37\xfa\x21\x3d") -> bytes:
-    """One client frame, masked unless mask is None (RFC 6455 §5.2)."""
-    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    mask_bit = 0x80 if mask is not None else 0
-    n = len(payload)
-    if n < 126:
-        head += bytes([mask_bit | n])
-    elif n < 1 << 16:
-        head += bytes([mask_bit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([mask_bit | 127]) + struct.pack("!Q", n)
-    if mask is None:
-        return head + payload
-    key = (mask * (n // 4 + 1))[:n]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
-    return head + mask + masked
-
-
 def close_payload(code: int, reason: bytes = b"") -> bytes:
     return struct.pack("!H", code) + reason
 

@@ -13,6 +13,7 @@ import struct
 
 import pytest
 
+from helpers import client_frame
 from webscale.budget import MemoryBudget
 from webscale.http import Response
 from webscale.reassembly import FRAGMENT_OVERHEAD
@@ -36,21 +37,6 @@ ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # ... and its accept value
 UPGRADE = (b"GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n"
            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY + b"\r\n"
            b"Sec-WebSocket-Version: 13\r\n\r\n")
-
-
-def masked_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
-                 mask: bytes = b"\x37\xfa\x21\x3d") -> bytes:
-    """A client frame per RFC 6455 §5.2 (clients must mask, §5.3)."""
-    first = (0x80 if fin else 0) | (rsv << 4) | opcode
-    length = len(payload)
-    if length < 126:
-        head = struct.pack("!BB", first, 0x80 | length)
-    elif length < 65536:
-        head = struct.pack("!BBH", first, 0x80 | 126, length)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, length)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
 
 
 def server_frame(opcode: int, payload: bytes) -> bytes:
@@ -111,21 +97,21 @@ def test_accept_value_matches_rfc_formula() -> None:
 @both
 def test_text_message(split: bool) -> None:
     proto = opened()
-    assert feed(proto, masked_frame(0x1, b"hello"), split) == [MessageReceived("hello")]
+    assert feed(proto, client_frame(0x1, b"hello"), split) == [MessageReceived("hello")]
     assert proto.data_to_send() == b""
 
 
 @both
 def test_binary_message(split: bool) -> None:
     proto = opened()
-    assert feed(proto, masked_frame(0x2, b"\x00\xff"), split) == [MessageReceived(b"\x00\xff")]
+    assert feed(proto, client_frame(0x2, b"\x00\xff"), split) == [MessageReceived(b"\x00\xff")]
 
 
 @both
 def test_fragmented_message_is_reassembled(split: bool) -> None:
     proto = opened()
-    data = (masked_frame(0x1, b"Hel", fin=False) + masked_frame(0x9, b"p") +
-            masked_frame(0x0, b"lo ", fin=False) + masked_frame(0x0, b"world"))
+    data = (client_frame(0x1, b"Hel", fin=False) + client_frame(0x9, b"p") +
+            client_frame(0x0, b"lo ", fin=False) + client_frame(0x0, b"world"))
     assert feed(proto, data, split) == [MessageReceived("Hello world")]
     # The ping in the middle of the fragments was answered with a pong carrying its payload.
     assert proto.data_to_send() == server_frame(0xA, b"p")
@@ -134,7 +120,7 @@ def test_fragmented_message_is_reassembled(split: bool) -> None:
 @both
 def test_ping_is_answered_with_pong(split: bool) -> None:
     proto = opened()
-    assert feed(proto, masked_frame(0x9, b"abc"), split) == []
+    assert feed(proto, client_frame(0x9, b"abc"), split) == []
     assert proto.data_to_send() == server_frame(0xA, b"abc")
 
 
@@ -142,14 +128,14 @@ def test_pong_surfaces_for_keepalive() -> None:
     proto = opened()
     assert proto.send_ping(b"\x00\x00\x00\x01")
     assert proto.data_to_send() == server_frame(0x9, b"\x00\x00\x00\x01")
-    assert proto.receive_data(masked_frame(0xA, b"\x00\x00\x00\x01")) == [
+    assert proto.receive_data(client_frame(0xA, b"\x00\x00\x00\x01")) == [
         PongReceived(b"\x00\x00\x00\x01")]
 
 
 @both
 def test_peer_close_is_echoed_and_closes(split: bool) -> None:
     proto = opened()
-    events = feed(proto, masked_frame(0x8, struct.pack("!H", 1000) + b"bye"), split)
+    events = feed(proto, client_frame(0x8, struct.pack("!H", 1000) + b"bye"), split)
     assert events == [Closed(1000, "bye", True)]
     # The code is echoed (RFC 6455 §5.5.1); wsproto echoes the reason too.
     assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1000) + b"bye")
@@ -159,7 +145,7 @@ def test_peer_close_is_echoed_and_closes(split: bool) -> None:
 @both
 def test_message_over_limit_fails_1009(split: bool) -> None:
     proto = opened(ProtocolLimits(max_message_size=10))
-    assert feed(proto, masked_frame(0x1, b"x" * 11), split) == [
+    assert feed(proto, client_frame(0x1, b"x" * 11), split) == [
         Closed(1009, "message too big", False)]
     assert proto.phase is Phase.FAILING  # replies to earlier messages go first
     assert proto.data_to_send() == b""
@@ -172,13 +158,13 @@ def test_message_over_limit_fails_1009(split: bool) -> None:
 @both
 def test_message_at_the_limit_is_accepted(split: bool) -> None:
     proto = opened(ProtocolLimits(max_message_size=10))
-    assert feed(proto, masked_frame(0x1, b"x" * 10), split) == [MessageReceived("x" * 10)]
+    assert feed(proto, client_frame(0x1, b"x" * 10), split) == [MessageReceived("x" * 10)]
 
 
 @both
 def test_fragments_over_limit_fail_1009(split: bool) -> None:
     proto = opened(ProtocolLimits(max_message_size=200))
-    data = masked_frame(0x1, b"x" * 150, fin=False) + masked_frame(0x0, b"y" * 51)
+    data = client_frame(0x1, b"x" * 150, fin=False) + client_frame(0x0, b"y" * 51)
     assert feed(proto, data, split) == [Closed(1009, "message too big", False)]
     assert proto.local_close_code == 1009
 
@@ -186,7 +172,7 @@ def test_fragments_over_limit_fail_1009(split: bool) -> None:
 @both
 def test_each_frame_before_the_last_costs_the_fragment_overhead(split: bool) -> None:
     # 120 bytes of payload in two frames: 120 + 64 fits 184, not 183.
-    data = masked_frame(0x1, b"x" * 60, fin=False) + masked_frame(0x0, b"y" * 60)
+    data = client_frame(0x1, b"x" * 60, fin=False) + client_frame(0x0, b"y" * 60)
     assert feed(opened(ProtocolLimits(max_message_size=184)), data, split) == [
         MessageReceived("x" * 60 + "y" * 60)]
     assert feed(opened(ProtocolLimits(max_message_size=183)), data, split) == [
@@ -196,7 +182,7 @@ def test_each_frame_before_the_last_costs_the_fragment_overhead(split: bool) -> 
 
 def test_invalid_utf8_closes_1007() -> None:
     proto = opened()
-    events = proto.receive_data(masked_frame(0x1, b"\xff\xfe"))
+    events = proto.receive_data(client_frame(0x1, b"\xff\xfe"))
     assert [type(e) for e in events] == [Closed]
     assert events[0].code == 1007  # type: ignore[union-attr]
     assert proto.phase is Phase.FAILING
@@ -206,7 +192,7 @@ def test_invalid_utf8_closes_1007() -> None:
     assert proto.transport_should_close
 
 
-@pytest.mark.parametrize("frame", [masked_frame(0x3, b"x"), masked_frame(0x1, b"x", rsv=4)],
+@pytest.mark.parametrize("frame", [client_frame(0x3, b"x"), client_frame(0x1, b"x", rsv=4)],
                          ids=["reserved-opcode", "rsv1-without-extension"])
 def test_protocol_violations_close_1002(frame: bytes) -> None:
     proto = opened()
@@ -221,7 +207,7 @@ def test_invalid_close_code_is_answered_1002() -> None:
     # RFC 6455 §7.4: 1005 must never appear on the wire; 999 is not a valid code.
     for code in (999, 1005, 1006, 1015, 5000):
         proto = opened()
-        events = proto.receive_data(masked_frame(0x8, struct.pack("!H", code)))
+        events = proto.receive_data(client_frame(0x8, struct.pack("!H", code)))
         assert [(type(e), e.code) for e in events] == [(Closed, 1002)], code  # type: ignore[union-attr]
         proto.fail_now()
         assert proto.data_to_send() == server_frame(
@@ -232,11 +218,11 @@ def test_violation_after_a_message_lets_its_reply_out_first() -> None:
     """Autobahn 3.2-ish: a good message and a bad frame in one read. The message is delivered,
     its reply may still be sent, and only then does the close frame go (no reply is lost)."""
     proto = opened()
-    events = proto.receive_data(masked_frame(0x1, b"good") + masked_frame(0x1, b"x", rsv=4))
+    events = proto.receive_data(client_frame(0x1, b"good") + client_frame(0x1, b"x", rsv=4))
     assert events == [MessageReceived("good"), Closed(1002, events[1].reason, False)]  # type: ignore[union-attr]
     assert proto.phase is Phase.FAILING
     assert proto.data_to_send() == b""  # the close waits
-    assert proto.receive_data(masked_frame(0x1, b"ignored")) == []  # nothing more is read
+    assert proto.receive_data(client_frame(0x1, b"ignored")) == []  # nothing more is read
     assert not proto.send_ping(b"p")
     assert proto.send_message("good")  # the reply to what came before still goes
     proto.fail_now()
@@ -248,7 +234,7 @@ def test_violation_after_a_message_lets_its_reply_out_first() -> None:
 
 def test_close_while_failing_sends_the_protocol_code() -> None:
     proto = opened()
-    proto.receive_data(masked_frame(0x3, b"x"))
+    proto.receive_data(client_frame(0x3, b"x"))
     proto.close(1001, "going away")
     assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1002) + b"protocol error")
 
@@ -315,7 +301,7 @@ def test_owner_refusal_answers_instead_of_101() -> None:
 @both
 def test_bytes_after_the_head_wait_for_the_decision(split: bool) -> None:
     proto = ServerProtocol(ProtocolLimits())
-    events = feed(proto, UPGRADE + masked_frame(0x1, b"early") + masked_frame(0x1, b"later"),
+    events = feed(proto, UPGRADE + client_frame(0x1, b"early") + client_frame(0x1, b"later"),
                   split)
     assert summary(events) == [("GET", "/chat", True)]
     assert proto.accept_upgrade() == [MessageReceived("early"), MessageReceived("later")]
@@ -340,7 +326,7 @@ def test_end_of_stream_before_any_request_says_so() -> None:
 
 def test_frames_pipelined_behind_the_upgrade_are_delivered() -> None:
     proto = ServerProtocol(ProtocolLimits())
-    events = proto.receive_data(UPGRADE + masked_frame(0x1, b"early"))
+    events = proto.receive_data(UPGRADE + client_frame(0x1, b"early"))
     assert summary(events) == [("GET", "/chat", True)]
     assert proto.accept_upgrade() == [MessageReceived("early")]
 
@@ -357,8 +343,8 @@ def test_server_close_then_peer_reply() -> None:
     assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1001) + b"going away")
     assert not proto.send_message("late")  # nothing may follow a close frame
     # A message the peer sent before it saw our close is still delivered (nothing is lost).
-    assert proto.receive_data(masked_frame(0x1, b"in flight")) == [MessageReceived("in flight")]
-    assert proto.receive_data(masked_frame(0x8, struct.pack("!H", 1001))) == [
+    assert proto.receive_data(client_frame(0x1, b"in flight")) == [MessageReceived("in flight")]
+    assert proto.receive_data(client_frame(0x8, struct.pack("!H", 1001))) == [
         Closed(1001, "", False)]
 
 
@@ -371,7 +357,7 @@ def test_send_message_frames_text_and_binary() -> None:
 def test_large_random_message_roundtrip() -> None:
     proto = opened()
     payload = os.urandom(70000)
-    assert proto.receive_data(masked_frame(0x2, payload)) == [MessageReceived(payload)]
+    assert proto.receive_data(client_frame(0x2, payload)) == [MessageReceived(payload)]
 
 
 def test_head_request_gets_headers_only() -> None:
@@ -391,18 +377,18 @@ def test_text_split_inside_a_multibyte_character(cut: int) -> None:
     text = "h\u00e9\u20ac\U0001f600"
     payload = text.encode()
     proto = opened()
-    frame = masked_frame(0x1, payload)
+    frame = client_frame(0x1, payload)
     head = len(frame) - len(payload)
     assert proto.receive_data(frame[:head + cut]) == []
     assert proto.receive_data(frame[head + cut:]) == [MessageReceived(text)]
     proto = opened()
-    parts = masked_frame(0x1, payload[:cut], fin=False) + masked_frame(0x0, payload[cut:])
+    parts = client_frame(0x1, payload[:cut], fin=False) + client_frame(0x0, payload[cut:])
     assert proto.receive_data(parts) == [MessageReceived(text)]
 
 
 def test_invalid_utf8_in_a_fragment_closes_1007() -> None:
     proto = opened()
-    events = proto.receive_data(masked_frame(0x1, b"ok", fin=False) + masked_frame(0x0, b"\xff"))
+    events = proto.receive_data(client_frame(0x1, b"ok", fin=False) + client_frame(0x0, b"\xff"))
     assert [(type(e), e.code) for e in events] == [(Closed, 1007)]  # type: ignore[union-attr]
 # -- the upgrade, parsed strictly (RFC 6455 §4.2.1, RFC 9112) ------------------------------------
 def _upgrade_with(request_line: bytes = b"GET /chat HTTP/1.1", extra: bytes = b"",
@@ -436,7 +422,7 @@ IMPROPER_UPGRADES = {
 def test_improper_upgrade_gets_400(name: str, split: bool) -> None:
     proto = ServerProtocol(ProtocolLimits())
     # A ping frame as the "body": it must never be read as one (no pong).
-    events = feed(proto, IMPROPER_UPGRADES[name] + masked_frame(0x9, b"body"), split)
+    events = feed(proto, IMPROPER_UPGRADES[name] + client_frame(0x9, b"body"), split)
     assert [type(e) for e in events] == [HandshakeFailed], events
     assert events[0].status == 400  # type: ignore[union-attr]
     answer = proto.data_to_send()
@@ -466,19 +452,19 @@ def test_plain_http_1_0_requests_are_still_answered() -> None:
 def test_text_is_measured_in_encoded_bytes(split: bool) -> None:
     emoji = "\U0001f600"  # four bytes in UTF-8
     proto = opened(ProtocolLimits(max_message_size=400))
-    assert feed(proto, masked_frame(0x1, (emoji * 100).encode()), split) == [
+    assert feed(proto, client_frame(0x1, (emoji * 100).encode()), split) == [
         MessageReceived(emoji * 100)]
     proto = opened(ProtocolLimits(max_message_size=400))
-    assert feed(proto, masked_frame(0x1, (emoji * 101).encode()), split) == [
+    assert feed(proto, client_frame(0x1, (emoji * 101).encode()), split) == [
         Closed(1009, "message too big", False)]  # 101 characters, 404 bytes
 
 
 def test_fragmented_text_is_measured_in_encoded_bytes() -> None:
     proto = opened(ProtocolLimits(max_message_size=800))
     piece = ("\u00e9" * 200).encode()  # 200 characters, 400 bytes
-    assert proto.receive_data(masked_frame(0x1, piece, fin=False)) == []
+    assert proto.receive_data(client_frame(0x1, piece, fin=False)) == []
     assert proto.partial_bytes == 400 + FRAGMENT_OVERHEAD
-    assert proto.receive_data(masked_frame(0x0, piece)) == [
+    assert proto.receive_data(client_frame(0x0, piece)) == [
         Closed(1009, "message too big", False)]  # 864 bytes; its 400 characters would fit
 
 
@@ -494,8 +480,8 @@ def all_events(proto: ServerProtocol, data: bytes) -> tuple[list[Event], int]:
 
 def test_tiny_fragments_reach_the_cap() -> None:
     proto = opened(ProtocolLimits(max_message_size=64 * 1024))
-    fragment = masked_frame(0x0, b"ab", fin=False)
-    events, calls = all_events(proto, masked_frame(0x2, b"ab", fin=False) + fragment * 1100)
+    fragment = client_frame(0x0, b"ab", fin=False)
+    events, calls = all_events(proto, client_frame(0x2, b"ab", fin=False) + fragment * 1100)
     assert events == [Closed(1009, "message too big", False)]
     # 64 KiB / (2 + 64): the cap is reached after 993 fragments, not 32,768.
     assert calls == 993 // EVENTS_PER_CALL + 1
@@ -503,7 +489,7 @@ def test_tiny_fragments_reach_the_cap() -> None:
 
 def test_many_frames_in_one_read_are_parsed_a_hundred_or_so_at_a_time() -> None:
     proto = opened()
-    events = proto.receive_data(masked_frame(0x1, b"m") * 300 + masked_frame(0x9, b"p"))
+    events = proto.receive_data(client_frame(0x1, b"m") * 300 + client_frame(0x9, b"p"))
     assert events == [MessageReceived("m")] * EVENTS_PER_CALL + [BACKLOG]
     assert proto.backlog
     assert proto.parse_backlog() == [MessageReceived("m")] * EVENTS_PER_CALL + [BACKLOG]
@@ -514,11 +500,11 @@ def test_many_frames_in_one_read_are_parsed_a_hundred_or_so_at_a_time() -> None:
 
 def test_zero_length_fragments_reach_the_cap_and_nothing_after_is_parsed() -> None:
     proto = opened(ProtocolLimits(max_message_size=64 * 1024))
-    empty = masked_frame(0x0, b"", fin=False)
-    data = masked_frame(0x2, b"", fin=False) + empty * 2000 + masked_frame(0x9, b"after")
+    empty = client_frame(0x0, b"", fin=False)
+    data = client_frame(0x2, b"", fin=False) + empty * 2000 + client_frame(0x9, b"after")
     assert all_events(proto, data)[0] == [Closed(1009, "message too big", False)]
     assert proto.data_to_send() == b""  # the ping after the refusal was never parsed
-    assert proto.receive_data(masked_frame(0x9, b"later")) == []
+    assert proto.receive_data(client_frame(0x9, b"later")) == []
     proto.fail_now()
     assert proto.data_to_send() == server_frame(0x8, struct.pack("!H", 1009) + b"message too big")
 
@@ -526,7 +512,7 @@ def test_zero_length_fragments_reach_the_cap_and_nothing_after_is_parsed() -> No
 @both
 def test_one_frame_in_many_reads_is_charged_only_its_bytes(split: bool) -> None:
     proto = opened(ProtocolLimits(max_message_size=1000))
-    assert feed(proto, masked_frame(0x2, b"m" * 1000), split) == [MessageReceived(b"m" * 1000)]
+    assert feed(proto, client_frame(0x2, b"m" * 1000), split) == [MessageReceived(b"m" * 1000)]
 
 
 def test_a_partial_message_is_charged_to_the_budget_and_given_back() -> None:
@@ -534,14 +520,14 @@ def test_a_partial_message_is_charged_to_the_budget_and_given_back() -> None:
     proto = ServerProtocol(ProtocolLimits(), 1, budget)
     proto.receive_data(UPGRADE)
     proto.accept_upgrade()
-    assert proto.receive_data(masked_frame(0x2, b"a" * 3000, fin=False)) == []
+    assert proto.receive_data(client_frame(0x2, b"a" * 3000, fin=False)) == []
     assert budget.used == 3000 + FRAGMENT_OVERHEAD and not budget.over
-    assert proto.receive_data(masked_frame(0x0, b"b" * 7000, fin=False)) == []
+    assert proto.receive_data(client_frame(0x0, b"b" * 7000, fin=False)) == []
     assert budget.used == 10_000 + 2 * FRAGMENT_OVERHEAD and budget.over
-    assert proto.receive_data(masked_frame(0x0, b"c")) == [
+    assert proto.receive_data(client_frame(0x0, b"c")) == [
         MessageReceived(b"a" * 3000 + b"b" * 7000 + b"c")]
     assert budget.used == 0  # the dispatcher charges the complete message from here
-    proto.receive_data(masked_frame(0x2, b"d" * 500, fin=False))
+    proto.receive_data(client_frame(0x2, b"d" * 500, fin=False))
     assert budget.used == 500 + FRAGMENT_OVERHEAD
     proto.abort()
     assert budget.used == 0 and proto.partial_bytes == 0
