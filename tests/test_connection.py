@@ -15,15 +15,18 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import client_frame
 from webscale import tls
 from webscale import SendTimeout
 from webscale.budget import MemoryBudget
-from webscale.connection import Connection, ConnectionSettings, Transport
+from webscale.config import Config, ConnectionSettings
+from webscale.connection import Connection, Transport
 from webscale.handle import ConnectionHandle
 from webscale.http import Request, Response
 from webscale.loop import EventLoop
@@ -34,12 +37,6 @@ KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 UPGRADE = (b"GET /ingest?site=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY + b"\r\n"
            b"Sec-WebSocket-Version: 13\r\nOrigin: https://app.example\r\n\r\n")
-
-
-def masked(opcode: int, payload: bytes, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
-    assert len(payload) < 126
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
 
 
 class FakeOwner:
@@ -130,7 +127,8 @@ def make() -> Iterator[Callable[..., Harness]]:
 
     def factory(decide: str = "later", budget: MemoryBudget | None = None,
                 **settings: Any) -> Harness:
-        harness = Harness(FakeOwner(decide), ConnectionSettings(**settings), budget)
+        harness = Harness(FakeOwner(decide), replace(Config().connection_settings(), **settings),
+                          budget)
         made.append(harness)
         return harness
 
@@ -156,7 +154,7 @@ def test_plain_request_is_routed_and_answered_then_closed(make: Callable[..., Ha
 
 def test_upgrade_waits_for_the_owner_then_opens(make: Callable[..., Harness]) -> None:
     h = make()
-    h.client.sendall(UPGRADE + masked(0x1, b"early"))  # a frame sent before the 101
+    h.client.sendall(UPGRADE + client_frame(0x1, b"early"))  # a frame sent before the 101
     h.run_until(lambda: h.owner.upgrades)
     conn, request = h.owner.upgrades[0]
     assert (request.path, request.query, request.upgrade) == ("/ingest", "site=7", True)
@@ -171,7 +169,7 @@ def test_upgrade_waits_for_the_owner_then_opens(make: Callable[..., Harness]) ->
     assert h.read_head().startswith(b"HTTP/1.1 101 ")
     h.run_until(lambda: h.owner.messages)
     assert h.owner.messages == ["early"]
-    h.client.sendall(masked(0x2, b"\x00\x01"))
+    h.client.sendall(client_frame(0x2, b"\x00\x01"))
     h.run_until(lambda: len(h.owner.messages) == 2)
     assert h.owner.messages[1] == b"\x00\x01" and h.conn.outstanding == 2
 
@@ -202,7 +200,7 @@ def test_reply_and_clean_close(make: Callable[..., Harness]) -> None:
     assert h.read(7) == b"\x81\x05hello"
     h.conn.close(1000, "bye")
     assert h.read(7) == b"\x88\x05" + struct.pack("!H", 1000) + b"bye"
-    h.client.sendall(masked(0x8, struct.pack("!H", 1000)))
+    h.client.sendall(client_frame(0x8, struct.pack("!H", 1000)))
     h.run_until(lambda: h.owner.closed)
     assert h.conn.close_code == 1000 and h.stats.closes_by_code[1000] == 1
 
@@ -210,7 +208,7 @@ def test_reply_and_clean_close(make: Callable[..., Harness]) -> None:
 def test_backpressure_stops_reading_until_resumed(make: Callable[..., Harness]) -> None:
     h = opened(make)
     h.conn.pause_reading(True)
-    h.client.sendall(masked(0x1, b"held"))
+    h.client.sendall(client_frame(0x1, b"held"))
     for _ in range(10):
         h.loop.run_once(max_wait=0.01)
     assert h.owner.messages == [] and h.stats.paused_connections == 1
@@ -223,7 +221,7 @@ def test_protocol_error_closes_only_after_earlier_messages_are_done(
         make: Callable[..., Harness]) -> None:
     h = opened(make)
     bad = bytes([0x83, 0x80]) + b"\x00\x00\x00\x00"  # reserved opcode 3
-    h.client.sendall(masked(0x1, b"first") + bad)
+    h.client.sendall(client_frame(0x1, b"first") + bad)
     h.run_until(lambda: h.owner.messages == ["first"])
     for _ in range(5):
         h.loop.run_once(max_wait=0.01)
@@ -268,8 +266,8 @@ def test_a_failed_client_certificate_check_is_counted_and_reported(certs: Path) 
     stats = Stats()
     loop = EventLoop()
     conn = Connection(loop, tls.wrap(ctx, server_sock),
-                      ServerProtocol(ProtocolLimits(), 1), ConnectionSettings(), owner, stats,
-                      ("127.0.0.9", 4242))
+                      ServerProtocol(ProtocolLimits(), 1), Config().connection_settings(), owner,
+                      stats, ("127.0.0.9", 4242))
     conn.start()
 
     def client() -> None:
@@ -344,7 +342,7 @@ def test_a_client_that_stops_reading_gets_1008_and_then_a_close_frame(
             break
     assert frames[-1] == (0x8, b"\x03", 2 + len(b"slow reader"))
     assert all(opcode == 0x2 for opcode, _, _ in frames[:-1]) and len(frames) <= 3
-    h.client.sendall(masked(0x8, struct.pack("!H", 1008)))
+    h.client.sendall(client_frame(0x8, struct.pack("!H", 1008)))
     h.run_until(lambda: h.owner.closed)
     assert h.stats.closes_by_code[1008] == 1 and h.budget.used == 0
 
@@ -446,7 +444,7 @@ def test_shed_drops_what_the_connection_holds_and_fails_it(make: Callable[..., H
 
 def test_a_read_of_many_frames_is_parsed_over_several_turns(make: Callable[..., Harness]) -> None:
     h = opened(make)
-    h.client.sendall(masked(0x1, b"t") * 1000)
+    h.client.sendall(client_frame(0x1, b"t") * 1000)
     turns = 0
     while len(h.owner.messages) < 1000 and turns < 200:
         h.loop.run_once(max_wait=0.01)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -230,6 +230,11 @@ class Config:
         if not self.client_ca.is_file():
             raise ConfigError(f"--client-ca {self.client_ca} does not exist")
 
+    def connection_settings(self) -> ConnectionSettings:
+        """The part of this configuration every connection reads."""
+        return ConnectionSettings(**{f.name: getattr(self, f.name)
+                                     for f in fields(ConnectionSettings)})
+
     def admin_address(self) -> tuple[str, int] | None:
         """--admin as (host, port), None when off; ConfigError when malformed."""
         if self.admin == "off":
@@ -247,13 +252,14 @@ class Config:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionSettings:
-    """What a connection needs from the configuration (Config above has the reasons)."""
+    """What a connection needs from the configuration: `Config.connection_settings()` (Config
+    has the defaults and the reasons)."""
 
-    handshake_timeout: float = 10.0
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
-    idle_timeout: float = 120.0
-    close_timeout: float = 5.0
-    outbound_limit_bytes: int = 1 << 20
-    slow_reader_timeout: float = 10.0
-    read_chunk_bytes: int = 64 * 1024
+    handshake_timeout: float
+    ping_interval: float
+    ping_timeout: float
+    idle_timeout: float
+    close_timeout: float
+    outbound_limit_bytes: int
+    slow_reader_timeout: float
+    read_chunk_bytes: int

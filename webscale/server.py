@@ -48,7 +48,6 @@ from .admission import Admission
 from .authorize import Authorizer, OriginPolicy
 from .budget import MemoryBudget, MemoryGuard, default_max_buffered_bytes, physical_memory
 from .config import Config
-from .config import ConnectionSettings
 from .connection import Connection
 from .dispatch import Dispatcher
 from .drain import Draining
@@ -101,13 +100,7 @@ class Server(Draining):
             compression=config.compression == "deflate",
             deflate_window_bits=config.deflate_window_bits,
         )
-        self.settings = ConnectionSettings(
-            handshake_timeout=config.handshake_timeout, ping_interval=config.ping_interval,
-            ping_timeout=config.ping_timeout, idle_timeout=config.idle_timeout,
-            close_timeout=config.close_timeout,
-            outbound_limit_bytes=config.outbound_limit_bytes,
-            slow_reader_timeout=config.slow_reader_timeout,
-            read_chunk_bytes=config.read_chunk_bytes)
+        self.settings = config.connection_settings()
         self.ssl_context = self._make_ssl_context() if config.tls else None
         # One budget per process: --max-buffered-bytes is shared out between the workers.
         self.budget = MemoryBudget(max(1, (config.max_buffered_bytes

@@ -56,7 +56,6 @@ from typing import Any
 from . import limits
 from .admin import AdminListener, bind_admin
 from .config import Config
-from .config import ConnectionSettings
 from .loop import EVENT_READ, EventLoop
 from .metrics import render_workers
 from .process import ProcessScaffold, bind, urls
@@ -132,8 +131,7 @@ class Supervisor(SupervisorSignals):
             config = self.config
             self.admin = AdminListener(
                 self.loop, bind_admin(admin_address), self,
-                ConnectionSettings(handshake_timeout=config.handshake_timeout,
-                                   read_chunk_bytes=config.read_chunk_bytes),
+                config.connection_settings(),
                 ProtocolLimits(max_message_size=config.max_message_size,
                                max_header_bytes=config.max_header_bytes,
                                max_headers=config.max_headers))
