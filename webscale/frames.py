@@ -64,7 +64,7 @@ class _HeaderFastDecoder(FrameDecoder):
     def parse_header(self) -> bool:
         buffer = self.buffer
         data = buffer.buffer
-        # bytes_used is 0 here: process_buffer commits after every header and every payload.
+        # The frame starts at 0: this decoder deletes what it parses and never moves bytes_used.
         available = len(data)
         if available < 2:
             return False
